@@ -1,0 +1,219 @@
+"""One validated configuration for every stage.
+
+The config is a YAML file whose keys mirror :class:`E2XConfig`. Unknown keys and wrong types are
+errors that name the key. Command-line ``--set section.key=value`` overrides are applied on top of
+the file before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BenchmarkConfig(_Section):
+    """Sizes of the planted-failure benchmark (see data/README.md)."""
+
+    seed: int = 0
+    image_size: int = Field(128, ge=64, le=512)
+    n_train: int = Field(900, ge=10)
+    n_val: int = Field(200, ge=10)
+    n_test: int = Field(200, ge=10)
+    n_pool: int = Field(600, ge=10)
+
+
+class SplitSpec(_Section):
+    """One COCO split: an annotations JSON and the folder its ``file_name`` entries live in."""
+
+    annotations: Path
+    images: Path
+
+
+class DataConfig(_Section):
+    root: Path = Path("data/benchmark")
+    """Benchmark layout: ``<root>/annotations/<split>.json`` and ``<root>/images/<split>/``."""
+    splits: dict[str, SplitSpec] = Field(default_factory=dict)
+    """Explicit per-split paths; they win over the ``root`` layout."""
+    eval_split: str = "val"
+    fiftyone_dataset: str | None = None
+
+    def split(self, name: str) -> SplitSpec:
+        if name in self.splits:
+            return self.splits[name]
+        return SplitSpec(
+            annotations=self.root / "annotations" / f"{name}.json",
+            images=self.root / "images" / name,
+        )
+
+
+Arch = Literal[
+    "compact_ssd",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "custom",
+]
+
+
+class ModelConfig(_Section):
+    arch: Arch = "compact_ssd"
+    checkpoint: Path | None = None
+    """A state_dict checkpoint written by ``e2x train`` (loaded with ``weights_only=True``)."""
+    weights: str | None = None
+    """torchvision pretrained weights by name, e.g. ``DEFAULT``; needs network on first use."""
+    entrypoint: str | None = None
+    """``module:function`` returning a Detector, for ``arch: custom``. Never read from data."""
+    image_size: int = Field(128, ge=32, le=2048)
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_form(cls, v: str | None) -> str | None:
+        if v is not None and (v.count(":") != 1 or not all(v.split(":"))):
+            raise ValueError(f"entrypoint must look like 'package.module:function', got {v!r}")
+        return v
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    hflip: bool = True
+    num_threads: int | None = Field(None, ge=1)
+
+
+class MiningConfig(_Section):
+    low_threshold: float = Field(0.01, gt=0, lt=1)
+    operating_threshold: float = Field(0.5, gt=0, lt=1)
+    iou: float = Field(0.5, gt=0, le=1)
+    background_iou: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    on_bad_record: Literal["error", "skip"] = "error"
+
+
+class ExplainConfig(_Section):
+    methods: list[Literal["e2x", "lime", "pda", "ig", "drise"]] = Field(
+        default_factory=lambda: ["e2x"]
+    )
+    n_segments: int = Field(200, ge=2)
+    compactness: float = Field(10.0, gt=0)
+    k: int = Field(32, ge=1)
+    reference: Literal["mean", "zeros", "blur"] = "mean"
+    aggregate: Literal["sum", "mean"] = "sum"
+    batch_size: int = Field(256, ge=1)
+    box_maps: bool = False
+    lime_samples: int = Field(1000, ge=2)
+    drise_masks: int = Field(1000, ge=1)
+    max_candidates: int | None = Field(None, ge=1)
+
+
+class E2XConfig(_Section):
+    seed: int = 0
+    device: str = "auto"
+    output_dir: Path = Path("runs/demo")
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if v == "auto" or v == "cpu" or v == "cuda" or v.startswith("cuda:") or v == "mps":
+            return v
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+
+    def section_hash(self, *sections: str) -> str:
+        """A short content hash of the named sections, used to key cached stage results."""
+        dump = self.model_dump(mode="json")
+        payload = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"mining.iou=0.6"`` -> ``("mining.iou", 0.6)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}': remove it or check its spelling")
+        else:
+            lines.append(f"  - '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None
+) -> E2XConfig:
+    """Read the YAML file (if any), apply overrides, validate and return the config."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections at the top")
+        tree = loaded
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return E2XConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` picks CUDA when available; otherwise the named device."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

@@ -1,0 +1,1 @@
+"""Datasets: COCO reading/validation and the planted-failure benchmark generator."""

@@ -1,0 +1,116 @@
+"""Detectors: one interface (:class:`Detector`), one file per family, built by name.
+
+``build_detector(arch, classes, ...)`` makes a model with fresh (or torchvision-pretrained)
+weights; ``load_detector(model_cfg, device)`` loads an ``e2x train`` checkpoint, a torchvision
+state_dict, or a user's ``module:function`` entry point.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..config import ModelConfig
+from .base import DenseOutput, Detections, Detector, Target
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "DenseOutput",
+    "Detections",
+    "Detector",
+    "Target",
+    "CheckpointError",
+    "build_detector",
+    "load_detector",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+# arch name -> (module in this package, builder function, Detector class)
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "compact_ssd": ("compact_ssd", "build", "SSDDetector"),
+    "ssd300_vgg16": ("ssd", "build", "SSDDetector"),
+    "ssdlite320_mobilenet_v3_large": ("ssd", "build", "SSDDetector"),
+    "retinanet_resnet50_fpn": ("retinanet", "build", "RetinaNetDetector"),
+    "retinanet_resnet50_fpn_v2": ("retinanet", "build", "RetinaNetDetector"),
+    "fcos_resnet50_fpn": ("fcos", "build", "FCOSDetector"),
+    "fasterrcnn_resnet50_fpn": ("faster_rcnn", "build", "FasterRCNNDetector"),
+    "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", "build", "FasterRCNNDetector"),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("faster_rcnn", "build", "FasterRCNNDetector"),
+}
+
+
+def build_detector(
+    arch: str,
+    classes: list[str],
+    image_size: int = 128,
+    weights: str | None = None,
+    device: str = "cpu",
+) -> Detector:
+    """A Detector of family ``arch`` for ``classes`` (``classes[0]`` is the background)."""
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown model.arch {arch!r}; choose one of {sorted(FAMILIES)} or custom")
+    mod_name, builder, cls_name = FAMILIES[arch]
+    mod = importlib.import_module(f"{__name__}.{mod_name}")
+    model = getattr(mod, builder)(arch, len(classes), image_size, weights)
+    det_cls = getattr(importlib.import_module(f"{__name__}.{_adapter_module(cls_name)}"), cls_name)
+    return det_cls(model, classes, device)
+
+
+def _adapter_module(cls_name: str) -> str:
+    return {
+        "SSDDetector": "ssd",
+        "RetinaNetDetector": "retinanet",
+        "FCOSDetector": "fcos",
+        "FasterRCNNDetector": "faster_rcnn",
+    }[cls_name]
+
+
+def load_detector(cfg: ModelConfig, device: str = "cpu", classes: list[str] | None = None) -> Detector:
+    """The detector the config names. Checkpoint metadata wins over ``classes`` and image size."""
+    if cfg.arch == "custom":
+        if not cfg.entrypoint:
+            raise ValueError("model.arch 'custom' needs model.entrypoint: 'package.module:function'")
+        mod_name, fn_name = cfg.entrypoint.split(":")
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+        det = fn(cfg, device)
+        if not isinstance(det, Detector):
+            raise TypeError(f"{cfg.entrypoint} must return an e2x_pipeline Detector, got {type(det)}")
+        return det
+    meta: dict = {}
+    state = None
+    if cfg.checkpoint is not None:
+        state, meta = load_checkpoint(cfg.checkpoint)
+        if meta.get("arch", cfg.arch) != cfg.arch:
+            raise CheckpointError(
+                f"checkpoint {cfg.checkpoint} is a {meta['arch']} model but model.arch is "
+                f"{cfg.arch}; set model.arch: {meta['arch']}"
+            )
+    classes = meta.get("classes", classes)
+    if classes is None:
+        raise ValueError("class names are unknown: give a checkpoint with metadata or the dataset")
+    image_size = int(meta.get("image_size", cfg.image_size))
+    weights = None if state is not None else cfg.weights
+    det = build_detector(cfg.arch, classes, image_size, weights, device)
+    if state is not None:
+        try:
+            missing, unexpected = det.model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise CheckpointError(
+                f"checkpoint {cfg.checkpoint} does not fit {cfg.arch} with {len(classes)} classes"
+                f" ({str(exc).splitlines()[-1].strip()}); it was trained for another architecture"
+                " or class count"
+            ) from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {cfg.checkpoint} does not fit {cfg.arch} with {len(classes)} classes:"
+                f" missing {list(missing)[:3]}..., unexpected {list(unexpected)[:3]}...; it was "
+                "trained for another architecture or class count"
+            )
+        det.model.to(device).eval()
+    det.meta = meta  # type: ignore[attr-defined]
+    return det
+
+
+def checkpoint_path(cfg: ModelConfig) -> Path | None:
+    return cfg.checkpoint

@@ -1,0 +1,123 @@
+"""The one Detector interface every model family implements.
+
+Explanations must follow ONE detection across perturbed copies of an image. The E2X paper did
+this by patching Caffe's SSD to report each detection's prior-box index. Here every adapter
+exposes two views of the same model:
+
+* :meth:`Detector.dense` -- every candidate before thresholding and NMS, differentiable w.r.t. the
+  input: decoded boxes, per-class detection scores, class probabilities and objectness.
+* :meth:`Detector.detect` -- the final detections, each carrying its **candidate index** (the
+  anchor index for anchor-based families), such that
+  ``dense(x).scores[b, candidate, label] == score`` and ``dense(x).boxes[b, candidate] == box``.
+
+Explainers only call :meth:`Detector.target_outputs`, which gathers one scalar per (image,
+target) from the dense view. Families whose candidates move with the input (Faster R-CNN)
+override it with a soft target.
+
+Conventions: images are float tensors in [0, 1], shape ``[3, H, W]`` (or a batch
+``[B, 3, H, W]``); boxes are ``x1, y1, x2, y2`` in input-image pixels; ``label`` indexes
+``classes`` (``classes[0] == "__background__"`` for families with a background class).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+TargetOutput = Literal["score", "x1", "y1", "x2", "y2"]
+BOX_COORDS: dict[str, int] = {"x1": 0, "y1": 1, "x2": 2, "y2": 3}
+
+
+@dataclass
+class Detections:
+    """Final detections of one image (after threshold, top-k and NMS)."""
+
+    boxes: Tensor  # [N, 4] float, xyxy in input pixels
+    scores: Tensor  # [N]
+    labels: Tensor  # [N] long, index into Detector.classes
+    candidates: Tensor  # [N] long, index into dense(x) candidates
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    def to(self, device: str | torch.device) -> Detections:
+        return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.labels, self.candidates)))
+
+
+@dataclass
+class DenseOutput:
+    """Every candidate of a batch, before thresholding and NMS. Differentiable w.r.t. the input."""
+
+    boxes: Tensor  # [B, A, 4] decoded, clipped, in input pixels
+    scores: Tensor  # [B, A, C] the family's detection score per class (what detect() thresholds)
+    probs: Tensor  # [B, A, C] class probabilities (softmax or sigmoid)
+    objectness: Tensor | None = None  # [B, A] where the family has one (FCOS centerness)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an explainer explains: one candidate's score for one class (or a box coordinate).
+
+    ``box`` is the detection's box on the clean image; soft targets (Faster R-CNN) use it to find
+    the matching proposal on a perturbed image.
+    """
+
+    candidate: int
+    label: int
+    box: tuple[float, float, float, float] | None = None
+
+
+class Detector(ABC):
+    """A detection model behind the E2X contract. Subclasses live one file per family."""
+
+    family: str = "abstract"
+    has_objectness: bool = False
+
+    def __init__(self, model: nn.Module, classes: list[str], device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.classes = list(classes)
+        self.device = torch.device(device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _batch(self, images: Tensor | list[Tensor]) -> Tensor:
+        if isinstance(images, Tensor) and images.dim() == 3:
+            images = images.unsqueeze(0)
+        if isinstance(images, list):
+            sizes = {tuple(im.shape) for im in images}
+            if len(sizes) != 1:
+                raise ValueError(f"images in one batch must share a size, got {sorted(sizes)}")
+            images = torch.stack(images)
+        return images.to(self.device)
+
+    @abstractmethod
+    def dense(self, images: Tensor) -> DenseOutput:
+        """All candidates of a ``[B, 3, H, W]`` batch, with no threshold and no NMS."""
+
+    @abstractmethod
+    def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
+        """Final detections per image, reproducing the family's own post-processing."""
+
+    def target_outputs(
+        self, images: Tensor, targets: list[Target], output: TargetOutput = "score"
+    ) -> Tensor:
+        """``out[b, t]``: target t's class score (or box coordinate) on image b. Shape [B, T].
+
+        For anchor-based families this is ``dense(x).scores[b, candidate_t, label_t]``: the same
+        anchor is followed across perturbations, as E2X's prior-box index did (paper, Sec. 3).
+        """
+        d = self.dense(self._batch(images))
+        cand = torch.tensor([t.candidate for t in targets], device=d.scores.device)
+        if output == "score":
+            lab = torch.tensor([t.label for t in targets], device=d.scores.device)
+            return d.scores[:, cand, lab]
+        return d.boxes[:, cand, BOX_COORDS[output]]
+
+    def checkpoint_meta(self) -> dict:
+        return {"family": self.family, "classes": self.classes}
