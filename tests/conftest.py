@@ -48,8 +48,17 @@ def fo_db():
     data = _DB_DIR / "db"
     data.mkdir(exist_ok=True)
     cmd = [
-        _mongod_binary(), "--dbpath", str(data), "--port", str(_PORT), "--bind_ip", "127.0.0.1",
-        "--fork", "--logpath", str(_DB_DIR / "mongod.log"), "--pidfilepath",
+        _mongod_binary(),
+        "--dbpath",
+        str(data),
+        "--port",
+        str(_PORT),
+        "--bind_ip",
+        "127.0.0.1",
+        "--fork",
+        "--logpath",
+        str(_DB_DIR / "mongod.log"),
+        "--pidfilepath",
         str(_DB_DIR / "mongod.pid"),
     ]
     subprocess.run(cmd, check=True, capture_output=True)

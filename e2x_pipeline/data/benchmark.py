@@ -205,8 +205,9 @@ def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
             taken.append(box)
             colour = np.clip(_BASE_COLOURS["disk"] + rng.uniform(-0.06, 0.06, 3), 0, 1)
             _paint(scene.image, _shape_mask("ring", size, size, box), colour, rng)
-            scene.causes.append({"cause": "distractor", "annotation_id": None,
-                                 "region_bbox": _xywh(box)})
+            scene.causes.append(
+                {"cause": "distractor", "annotation_id": None, "region_bbox": _xywh(box)}
+            )
     return scene
 
 
@@ -252,8 +253,9 @@ def _occlude(rng: np.random.Generator, scene: _Scene, ann: dict) -> None:
     patch = np.where(hatch[..., None], 0.38, 0.07) + rng.normal(0, 0.015, (y1 - y0, x1 - x0, 3))
     scene.image[y0:y1, x0:x1] = np.clip(patch, 0, 1)
     ann["cause"] = "occluder"
-    scene.causes.append({"cause": "occluder", "annotation": ann,
-                         "region_bbox": _xywh((x0, y0, x1, y1))})
+    scene.causes.append(
+        {"cause": "occluder", "annotation": ann, "region_bbox": _xywh((x0, y0, x1, y1))}
+    )
 
 
 def make_benchmark(
@@ -287,32 +289,57 @@ def make_benchmark(
             pixels = (scene.image * 255).round().astype(np.uint8)
             with atomic_write(img_dir / name) as fh:
                 Image.fromarray(pixels).save(fh, format="PNG")
-            images.append({"id": image_id, "file_name": name, "width": image_size,
-                           "height": image_size, "texture": scene.texture})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": name,
+                    "width": image_size,
+                    "height": image_size,
+                    "texture": scene.texture,
+                }
+            )
             for ann in scene.annotations:
                 ann["id"] = len(annotations) + 1
-                annotations.append({
-                    "id": ann["id"], "image_id": image_id, "category_id": cat_id[ann["category"]],
-                    "bbox": ann["bbox"], "area": ann["area"], "iscrowd": 0, "cause": ann["cause"],
-                })
+                annotations.append(
+                    {
+                        "id": ann["id"],
+                        "image_id": image_id,
+                        "category_id": cat_id[ann["category"]],
+                        "bbox": ann["bbox"],
+                        "area": ann["area"],
+                        "iscrowd": 0,
+                        "cause": ann["cause"],
+                    }
+                )
             for k, c in enumerate(scene.causes):
                 counts[c["cause"]] += 1
                 ann_id = c["annotation"]["id"] if c.get("annotation") else None
-                all_causes.append({
-                    "split": split, "image_id": image_id, "annotation_id": ann_id,
-                    "cause_id": f"{split}/{image_id}/{k}", "cause": c["cause"],
-                    "region_bbox": c["region_bbox"],
-                })
-        coco = {"info": {"description": f"E2X planted-failure benchmark, split {split}",
-                         "seed": seed}, "images": images, "annotations": annotations,
-                "categories": categories}
+                all_causes.append(
+                    {
+                        "split": split,
+                        "image_id": image_id,
+                        "annotation_id": ann_id,
+                        "cause_id": f"{split}/{image_id}/{k}",
+                        "cause": c["cause"],
+                        "region_bbox": c["region_bbox"],
+                    }
+                )
+        coco = {
+            "info": {"description": f"E2X planted-failure benchmark, split {split}", "seed": seed},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         if split == "pool":
             write_json(out / "annotations" / "pool_labels.json", coco)
             write_json(out / "annotations" / "pool.json", {**coco, "annotations": []})
         else:
             write_json(out / "annotations" / f"{split}.json", coco)
-        summary["splits"][split] = {"images": len(images), "objects": len(annotations),
-                                    "causes": counts}
+        summary["splits"][split] = {
+            "images": len(images),
+            "objects": len(annotations),
+            "causes": counts,
+        }
     write_json(out / "causes.json", all_causes)
     write_json(out / "benchmark.json", summary)
     return summary

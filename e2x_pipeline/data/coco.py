@@ -51,9 +51,13 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoDataset:
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"annotation file {path} is not valid JSON ({exc}); re-export it") from None
+        raise DatasetError(
+            f"annotation file {path} is not valid JSON ({exc}); re-export it"
+        ) from None
     if not isinstance(raw, dict):
-        raise DatasetError(f"{path}: the top level must be an object with images/annotations/categories")
+        raise DatasetError(
+            f"{path}: the top level must be an object with images/annotations/categories"
+        )
     for key in ("images", "annotations", "categories"):
         if key not in raw:
             raise DatasetError(f"{path}: missing the '{key}' key; a COCO detection file needs it")
@@ -91,16 +95,26 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoDataset:
         if a.get("category_id") not in categories:
             raise DatasetError(f"{where}: refers to unknown category id {a.get('category_id')}")
         bbox = a.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(
-            isinstance(v, (int, float)) and np.isfinite(v) for v in bbox
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
         ):
             raise DatasetError(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise DatasetError(f"{where}: bbox {bbox} has zero or negative size; fix or drop it")
         im = images[a["image_id"]]
         w, h = im.get("width"), im.get("height")
-        if w and h and (bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > w + 1
-                        or bbox[1] + bbox[3] > h + 1):
+        if (
+            w
+            and h
+            and (
+                bbox[0] < -1
+                or bbox[1] < -1
+                or bbox[0] + bbox[2] > w + 1
+                or bbox[1] + bbox[3] > h + 1
+            )
+        ):
             raise DatasetError(
                 f"{where}: bbox {bbox} lies outside image {im['file_name']} ({w}x{h}); fix the box"
             )
@@ -126,5 +140,7 @@ def load_image(path: str | Path) -> torch.Tensor:
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"image {path} cannot be decoded ({exc}); it is corrupt or not an image") from None
+        raise DatasetError(
+            f"image {path} cannot be decoded ({exc}); it is corrupt or not an image"
+        ) from None
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()

@@ -66,16 +66,22 @@ def _adapter_module(cls_name: str) -> str:
     }[cls_name]
 
 
-def load_detector(cfg: ModelConfig, device: str = "cpu", classes: list[str] | None = None) -> Detector:
+def load_detector(
+    cfg: ModelConfig, device: str = "cpu", classes: list[str] | None = None
+) -> Detector:
     """The detector the config names. Checkpoint metadata wins over ``classes`` and image size."""
     if cfg.arch == "custom":
         if not cfg.entrypoint:
-            raise ValueError("model.arch 'custom' needs model.entrypoint: 'package.module:function'")
+            raise ValueError(
+                "model.arch 'custom' needs model.entrypoint: 'package.module:function'"
+            )
         mod_name, fn_name = cfg.entrypoint.split(":")
         fn = getattr(importlib.import_module(mod_name), fn_name)
         det = fn(cfg, device)
         if not isinstance(det, Detector):
-            raise TypeError(f"{cfg.entrypoint} must return an e2x_pipeline Detector, got {type(det)}")
+            raise TypeError(
+                f"{cfg.entrypoint} must return an e2x_pipeline Detector, got {type(det)}"
+            )
         return det
     meta: dict = {}
     state = None

@@ -45,7 +45,9 @@ class Detections:
         return int(self.scores.numel())
 
     def to(self, device: str | torch.device) -> Detections:
-        return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.labels, self.candidates)))
+        return Detections(
+            *(t.to(device) for t in (self.boxes, self.scores, self.labels, self.candidates))
+        )
 
 
 @dataclass

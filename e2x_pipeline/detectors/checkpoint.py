@@ -21,7 +21,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and says what to do."""
 
 
-def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     with atomic_write(path, "wb") as fh:
         torch.save({"state_dict": state_dict, "meta": meta}, fh)
 
@@ -41,8 +43,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it is truncated or not a "
-                              "PyTorch file") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({exc}); it is truncated or not a PyTorch file"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"], dict(obj.get("meta") or {})
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

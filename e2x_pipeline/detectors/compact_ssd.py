@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import Tensor, nn
-from torchvision.models.detection import SSD
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSDHead
+from torchvision.models.detection.ssd import SSD, SSDHead
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import SSD
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
@@ -69,3 +69,43 @@ class SSDDetector(Detector):
             keep = box_ops.batched_nms(boxes[idx], sc, lab, m.nms_thresh)[: m.detections_per_img]
             out.append(Detections(boxes[idx[keep]], sc[keep], lab[keep], idx[keep]))
         return out
+
+
+# Input side each torchvision SSD was designed for. SSD300's anchor steps (8 ... 300 px) are laid
+# out for exactly 300x300 inputs; SSDlite's anchors follow its feature maps, so any size works.
+_NATIVE_SIZE = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}
+
+
+def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> SSD:
+    """Registry builder (see ``detectors.FAMILIES``) for torchvision's SSD300-VGG16 and SSDlite320.
+
+    ``num_classes`` counts the background. Without ``weights`` the model is randomly initialised
+    (no pretrained backbone either, so nothing is downloaded). ``weights`` names torchvision
+    pretrained weights (e.g. ``"DEFAULT"``, ``"COCO_V1"``); they need network on first use and fix
+    the class count to theirs (91 COCO labels). ``image_size`` is the square side the model's
+    transform resizes every input to; SSD300 only works at 300.
+    """
+    from torchvision.models import detection as tv_detection
+
+    if arch not in _NATIVE_SIZE:
+        raise ValueError(f"ssd.build makes {sorted(_NATIVE_SIZE)}, not {arch!r}")
+    if arch == "ssd300_vgg16" and image_size != 300:
+        raise ValueError(
+            f"ssd300_vgg16's anchors are laid out for 300x300 inputs, but model.image_size is "
+            f"{image_size}; set model.image_size: 300"
+        )
+    builder = getattr(tv_detection, arch)
+    if weights is None:
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    else:
+        try:
+            model = builder(weights=weights, num_classes=num_classes)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(
+                f"{arch} pretrained weights {weights!r} cannot be used with {num_classes} classes "
+                f"({exc}); name weights torchvision has for {arch} (e.g. 'DEFAULT') and use their "
+                "class list (weights.meta['categories']), or unset model.weights to start from "
+                "scratch"
+            ) from None
+    model.transform.fixed_size = (image_size, image_size)
+    return model

@@ -1,0 +1,28 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Both create .venv with everything E2X needs (first run: a few minutes), then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean-runs
+
+setup: $(VENV)/.e2x-installed
+
+$(VENV)/.e2x-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	$(BIN)/python -m e2x_pipeline.check_install
+	touch $@
+
+demo: setup
+	$(BIN)/e2x demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean-runs:
+	rm -rf runs .e2x

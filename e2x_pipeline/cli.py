@@ -1,0 +1,152 @@
+"""The ``e2x`` command. Every subcommand takes ``--config FILE`` and ``--set section.key=value``.
+
+Flags override the config file; the merged config is validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, E2XConfig, load_config
+from .env import set_offline_defaults
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (see configs/demo.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set mining.iou=0.6 (repeatable)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides 'device')")
+    p.add_argument("--output-dir", type=Path, help="where this run writes (overrides 'output_dir')")
+    p.add_argument("--seed", type=int, help="random seed (overrides 'seed')")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _config(args: argparse.Namespace) -> E2XConfig:
+    overrides = list(args.overrides)
+    for key, flag in (
+        ("device", args.device),
+        ("output_dir", args.output_dir),
+        ("seed", args.seed),
+    ):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    return load_config(args.config, overrides)
+
+
+def cmd_make_benchmark(args: argparse.Namespace) -> int:
+    from .stages import ensure_benchmark
+
+    cfg = _config(args)
+    root = ensure_benchmark(cfg)
+    print(json.dumps(json.loads((root / "benchmark.json").read_text()), indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .stages import train_stage
+
+    cfg = _config(args)
+    path, meta = train_stage(cfg, progress=not args.no_progress, force=args.force)
+    print(f"checkpoint: {path}\n" + json.dumps(meta, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .stages import detector_for, evaluate_stage, format_evaluation, train_stage
+
+    cfg = _config(args)
+    ckpt = cfg.model.checkpoint or train_stage(cfg, progress=not args.no_progress)[0]
+    det = detector_for(cfg, ckpt)
+    results = [evaluate_stage(cfg, det, s, progress=not args.no_progress) for s in args.splits]
+    print(format_evaluation(results))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    cfg = _config(args)
+    return run_demo(cfg, progress=not args.no_progress, use_prefect=not args.no_prefect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="e2x",
+        description="E2X (Explain to Fix): mine, explain, cluster and repair detector failures.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the planted-failure benchmark",
+        description="Make the benchmark, train (or reuse) the compact SSD, evaluate, "
+        "and run every stage that exists, as one Prefect flow.",
+    )
+    _common(p)
+    p.add_argument(
+        "--no-prefect",
+        action="store_true",
+        help="call the stages directly instead of through the Prefect flow",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="dataset commands")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p = dsub.add_parser(
+        "make-benchmark",
+        help="generate the planted-failure benchmark",
+        description="Generate the benchmark under data.root (deterministic in "
+        "benchmark.seed); skipped when an identical one exists.",
+    )
+    _common(p)
+    p.set_defaults(func=cmd_make_benchmark)
+
+    p = sub.add_parser(
+        "train",
+        help="train the detector on the train split (cached)",
+        description="Train model.arch on the train split. Cached by data hash and "
+        "config: an unchanged rerun reuses the checkpoint.",
+    )
+    _common(p)
+    p.add_argument(
+        "--force", action="store_true", help="retrain even when a cached checkpoint fits"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="mAP and recall per planted cause",
+        description="Evaluate the detector (model.checkpoint, or the cached trained "
+        "one) with pycocotools: mAP@0.5 and recall per planted cause.",
+    )
+    _common(p)
+    p.add_argument("--splits", nargs="+", default=["val", "test"], help="splits to evaluate")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"e2x: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"e2x: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

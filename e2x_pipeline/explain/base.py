@@ -1,0 +1,273 @@
+"""The one Explainer interface and the record every method returns.
+
+An :class:`Explainer` answers ``explain(image, targets, output) -> [Explanation]``: for each target
+(one candidate's class score, or one of its decoded box coordinates) a signed value per SLIC
+superpixel and a pixel map. Like Captum's attribution classes there is one class per method
+(e2x.py, lime.py, pda.py, ig.py, drise.py).
+
+Every method
+
+* draws its randomness from a ``torch.Generator`` on the detector's device seeded with ``seed``
+  at each call, so the result depends on (image, target, seed) only -- explaining five targets
+  together gives what explaining each alone gives;
+* is batched over samples and over the targets of one image, in chunks of ``cfg.batch_size``
+  images, with no per-sample host round trip;
+* counts ``passes``: the images pushed through the model (a forward plus, for gradient methods, a
+  backward). Work shared by the targets of one call (LIME's and D-RISE's masked images) is split
+  evenly among them, and so is the wall time;
+* never averages non-finite model outputs in: a target whose outputs or gradients were NaN/inf in
+  any sample gets ``valid=False``, NaN values, and a ``reason``.
+
+Per-superpixel values mean the same in every method: with ``aggregate="sum"`` (the default, as in
+the original E2X code) the contribution of the whole superpixel; with ``"mean"`` (the paper's s_x
+in eq. 5) that contribution divided by the superpixel's area. Pixel-level methods (IG, PDA,
+D-RISE) are aggregated the same way from their pixel maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ExplainConfig
+from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
+from .superpixels import check_segments, make_reference, slic_segments
+
+OUTPUTS: tuple[str, ...] = ("score", *BOX_COORDS)
+
+
+def params_hash(method: str, params: dict[str, Any], seed: int) -> str:
+    """A short stable hash of what determines an explanation's values (not batch size)."""
+    payload = json.dumps({"method": method, "params": params, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Explanation:
+    """One target's explanation by one method, on one image."""
+
+    target: Target
+    method: str
+    output: str
+    segments: np.ndarray  # [H, W] int32 superpixel labels 0..M-1 (shared by the image's targets)
+    values: np.ndarray  # [M] float64 signed value per superpixel (NaN when not valid)
+    pixel_map: np.ndarray  # [H, W] float32 (superpixel methods: values painted on their pixels)
+    params: dict[str, Any]
+    seed: int
+    seconds: float  # wall time, the shared part split evenly among the call's targets
+    passes: float  # images through the model on behalf of this target (shared part split)
+    valid: bool = True
+    reason: str = ""
+    candidate_id: str | None = None
+    shared_by: int = 1  # how many targets shared the call that made this explanation
+    details: dict[str, Any] = field(default_factory=dict)  # per-target facts (PDA window, ...)
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def params_hash(self) -> str:
+        return params_hash(self.method, self.params, self.seed)
+
+
+@dataclass
+class Attribution:
+    """What a method computes for the T targets of one call, still on the device."""
+
+    values: Tensor  # [T, M]
+    pixel_maps: Tensor  # [T, H, W]
+    passes: int  # images through the model for all T targets together
+    bad: Tensor  # [T] count of samples whose output (or gradient) was not finite
+    details: list[dict[str, Any]] | None = None
+
+
+def path_gradients(
+    detector: Detector,
+    targets: list[Target],
+    output: TargetOutput,
+    make_inputs: Callable[[Tensor], Tensor],
+    step_weights: Tensor,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, int]:
+    """G[t] = sum_k c_k * d f_t(u_k) / d u_k for every target t, batched over (t, k).
+
+    The T x K inputs are indexed i = t*K + k; ``make_inputs(k)`` builds u_k for a 1-D tensor of
+    sample indices. Each chunk of ``batch_size`` inputs gets ONE backward of
+    sum_i f_{t(i)}(u_i): copy i carries only its own target's score, and since the copies are
+    independent its gradient is d f_{t(i)} / d u_i. Returns (G ``[T, 3, H, W]``, non-finite sample
+    count per target ``[T]``, passes).
+    """
+    n_targets, k = len(targets), int(step_weights.numel())
+    device = step_weights.device
+    total = n_targets * k
+    grad: Tensor | None = None
+    bad = torch.zeros(n_targets, dtype=torch.long, device=device)
+    for i0 in range(0, total, batch_size):
+        i1 = min(total, i0 + batch_size)
+        idx = torch.arange(i0, i1, device=device)
+        t_idx, k_idx = idx // k, idx % k
+        t_lo, t_hi = i0 // k, (i1 - 1) // k  # only the targets present in this chunk
+        u = make_inputs(k_idx).detach().requires_grad_(True)
+        out = detector.target_outputs(u, targets[t_lo : t_hi + 1], output)
+        sel = out.gather(1, (t_idx - t_lo).unsqueeze(1)).squeeze(1)
+        if sel.requires_grad:
+            (g,) = torch.autograd.grad(sel.sum(), u)
+        else:  # an output that does not depend on the input has zero gradient
+            g = torch.zeros_like(u)
+        finite = torch.isfinite(sel) & torch.isfinite(g).flatten(1).all(1)
+        bad.index_add_(0, t_idx, (~finite).long())
+        g = torch.where(finite.view(-1, 1, 1, 1), g, torch.zeros_like(g))
+        g = g * step_weights[k_idx].view(-1, 1, 1, 1)
+        if grad is None:
+            grad = torch.zeros((n_targets, *g.shape[1:]), dtype=g.dtype, device=device)
+        grad.index_add_(0, t_idx, g)
+    assert grad is not None
+    return grad, bad, total
+
+
+class Explainer(ABC):
+    """Explains targets of one image: ``explain(image, targets, output) -> [Explanation]``."""
+
+    name: str = "abstract"
+    box_outputs: bool = True  # can it explain a box coordinate (x1, y1, x2, y2)?
+
+    def __init__(
+        self,
+        detector: Detector,
+        cfg: ExplainConfig | None = None,
+        seed: int = 0,
+        mean: Tensor | None = None,
+    ) -> None:
+        self.detector = detector
+        self.cfg = cfg if cfg is not None else ExplainConfig()
+        self.seed = int(seed)
+        self.mean = mean
+
+    @property
+    def device(self) -> torch.device:
+        return self.detector.device
+
+    def reference_name(self) -> str:
+        if self.cfg.reference == "mean" and self.mean is None:
+            return "image_channel_mean"
+        return self.cfg.reference
+
+    def params(self) -> dict[str, Any]:
+        """Everything that determines the values (the params hash is taken over this)."""
+        return {
+            "n_segments": self.cfg.n_segments,
+            "compactness": self.cfg.compactness,
+            "reference": self.reference_name(),
+            "aggregate": self.cfg.aggregate,
+            **self.method_params(),
+        }
+
+    @abstractmethod
+    def method_params(self) -> dict[str, Any]:
+        """The method's own settings (K, samples, masks, ...)."""
+
+    @abstractmethod
+    def attribute(
+        self,
+        image: Tensor,
+        targets: list[Target],
+        output: TargetOutput,
+        segments: Tensor,
+        n_segments: int,
+        reference: Tensor,
+        generator: torch.Generator,
+    ) -> Attribution:
+        """The method itself, on the device, for all targets at once."""
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def explain(
+        self,
+        image: Tensor,
+        targets: list[Target],
+        output: TargetOutput = "score",
+        *,
+        segments: np.ndarray | Tensor | None = None,
+        reference: Tensor | None = None,
+        candidate_ids: list[str] | None = None,
+    ) -> list[Explanation]:
+        """Explain ``output`` of every target on ``image`` ``[3, H, W]`` in [0, 1].
+
+        ``segments`` (``[H, W]`` labels 0..M-1) lets the targets of one image, and several
+        methods, share one SLIC segmentation; without it SLIC runs here. ``reference`` overrides
+        the configured reference image (it should be what ``cfg.reference`` names).
+        """
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"explain() takes one image [3, H, W], got {tuple(image.shape)}")
+        if not targets:
+            return []
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if output != "score" and not self.box_outputs:
+            raise ValueError(f"{self.name} explains class scores only, not box coordinate {output}")
+        if candidate_ids is not None and len(candidate_ids) != len(targets):
+            raise ValueError(f"{len(candidate_ids)} candidate ids for {len(targets)} targets")
+        start = time.perf_counter()
+        image = image.to(self.device, torch.float32)
+        hw = (int(image.shape[1]), int(image.shape[2]))
+        if segments is None:
+            seg_np = slic_segments(image, self.cfg.n_segments, self.cfg.compactness)
+        else:
+            check_segments(segments, hw)
+            seg_np = (
+                segments.detach().cpu().numpy() if isinstance(segments, Tensor) else segments
+            ).astype(np.int32)
+        n_seg = int(seg_np.max()) + 1
+        seg = torch.as_tensor(seg_np, dtype=torch.long, device=self.device)
+        if reference is None:
+            reference, _ = make_reference(image, self.cfg.reference, self.mean)
+        else:
+            reference = reference.to(self.device, torch.float32).expand_as(image)
+        with torch.enable_grad():
+            att = self.attribute(image, targets, output, seg, n_seg, reference, self.generator())
+        values = att.values.detach().to("cpu", torch.float64).numpy()
+        maps = att.pixel_maps.detach().to("cpu", torch.float32).numpy()
+        bad = att.bad.cpu().numpy()
+        seconds = (time.perf_counter() - start) / len(targets)
+        params = self.params()
+        out: list[Explanation] = []
+        for t, target in enumerate(targets):
+            ok = bad[t] == 0 and np.isfinite(values[t]).all() and np.isfinite(maps[t]).all()
+            reason = ""
+            if not ok:
+                reason = (
+                    f"non-finite model output or gradient in {int(bad[t])} sample(s)"
+                    if bad[t]
+                    else "non-finite attribution"
+                )
+            out.append(
+                Explanation(
+                    target=target,
+                    method=self.name,
+                    output=output,
+                    segments=seg_np,
+                    values=values[t] if ok else np.full_like(values[t], np.nan),
+                    pixel_map=maps[t] if ok else np.full_like(maps[t], np.nan),
+                    params=params,
+                    seed=self.seed,
+                    seconds=seconds,
+                    passes=att.passes / len(targets),
+                    valid=bool(ok),
+                    reason=reason,
+                    candidate_id=None if candidate_ids is None else candidate_ids[t],
+                    shared_by=len(targets),
+                    details=att.details[t] if att.details else {},
+                )
+            )
+        return out

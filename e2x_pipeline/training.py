@@ -1,0 +1,169 @@
+"""Training a detector from scratch on a COCO split, cached by (data hash, config).
+
+The recipe is the one measured in shared/METHODS.md for the compact SSD: AdamW (lr 2e-3,
+weight decay 1e-4), a OneCycle schedule, batch 32, random horizontal flips, 30 epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import E2XConfig, ModelConfig, TrainConfig
+from .data.coco import CocoDataset, load_image
+from .detectors import build_detector, save_checkpoint
+from .detectors.base import Detector
+from .evaluation import classes_for, label_to_category
+from .io_utils import file_hash
+
+
+def dataset_hash(dataset: CocoDataset) -> str:
+    """Content hash of a split: its annotation file and every image file."""
+    h = hashlib.sha256(file_hash(dataset.path).encode())
+    for i in dataset.image_ids:
+        h.update(file_hash(dataset.image_path(i)).encode())
+    return h.hexdigest()[:16]
+
+
+def training_key(data_hash: str, model: ModelConfig, train: TrainConfig, seed: int) -> str:
+    payload = {
+        "data": data_hash,
+        "model": model.model_dump(mode="json", exclude={"checkpoint"}),
+        "train": train.model_dump(mode="json", exclude={"num_threads"}),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_split(dataset: CocoDataset, l2c: dict[int, int]) -> tuple[torch.Tensor, list[dict]]:
+    c2l = {c: lab for lab, c in l2c.items()}
+    images, targets = [], []
+    for i in dataset.image_ids:
+        images.append(load_image(dataset.image_path(i)))
+        anns = [a for a in dataset.annotations[i] if not a.get("iscrowd", 0)]
+        boxes = torch.tensor(
+            [
+                [
+                    a["bbox"][0],
+                    a["bbox"][1],
+                    a["bbox"][0] + a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
+        labels = torch.tensor([c2l[a["category_id"]] for a in anns], dtype=torch.int64)
+        targets.append({"boxes": boxes, "labels": labels})
+    sizes = {tuple(im.shape) for im in images}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"training images of {dataset.path} differ in size {sorted(sizes)[:3]}; "
+            "resize them to one size first"
+        )
+    return torch.stack(images), targets
+
+
+def train(
+    detector: Detector,
+    dataset: CocoDataset,
+    cfg: TrainConfig,
+    seed: int = 0,
+    progress: bool = True,
+    extra: CocoDataset | None = None,
+) -> dict:
+    """Train ``detector.model`` in place on ``dataset`` (plus ``extra``); returns a log."""
+    torch.manual_seed(seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    l2c = label_to_category(detector.classes, dataset)
+    images, targets = _load_split(dataset, l2c)
+    if extra is not None:
+        ex_images, ex_targets = _load_split(extra, label_to_category(detector.classes, extra))
+        images = torch.cat([images, ex_images])
+        targets = targets + ex_targets
+    n = len(images)
+    model = detector.model.train()
+    device = detector.device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    width = images.shape[-1]
+    log = {"epochs": [], "images": n}
+    t0 = time.perf_counter()
+    for epoch in tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress):
+        order = torch.randperm(n, generator=gen)
+        flips = (
+            torch.rand(n, generator=gen) < 0.5 if cfg.hflip else torch.zeros(n, dtype=torch.bool)
+        )
+        total = 0.0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            batch, tgts = [], []
+            for j in idx.tolist():
+                img, t = images[j], targets[j]
+                if flips[j]:
+                    img = img.flip(-1)
+                    b = t["boxes"].clone()
+                    b[:, [0, 2]] = width - t["boxes"][:, [2, 0]]
+                    t = {"boxes": b, "labels": t["labels"]}
+                batch.append(img.to(device))
+                tgts.append({k: v.to(device) for k, v in t.items()})
+            losses = model(batch, tgts)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log["epochs"].append({"epoch": epoch + 1, "loss": total / n})
+    log["seconds"] = time.perf_counter() - t0
+    model.eval()
+    return log
+
+
+def train_detector(
+    cfg: E2XConfig,
+    dataset: CocoDataset,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    progress: bool = True,
+    force: bool = False,
+) -> tuple[Path, dict]:
+    """Train (or reuse) the configured detector on ``dataset``; return (checkpoint path, meta).
+
+    The checkpoint is cached under ``cache_dir`` by a key over the data hash, the model and train
+    config sections and the seed, so an unchanged rerun does no training.
+    """
+    data_hash = dataset_hash(dataset)
+    key = training_key(data_hash, cfg.model, cfg.train, cfg.seed)
+    path = Path(cache_dir) / f"{cfg.model.arch}-{key}.pt"
+    if path.is_file() and not force:
+        from .detectors import load_checkpoint
+
+        return path, load_checkpoint(path)[1]
+    classes = classes_for(dataset)
+    torch.manual_seed(cfg.seed)
+    det = build_detector(cfg.model.arch, classes, cfg.model.image_size, cfg.model.weights, device)
+    log = train(det, dataset, cfg.train, cfg.seed, progress)
+    meta = {
+        "arch": cfg.model.arch,
+        "classes": classes,
+        "image_size": cfg.model.image_size,
+        "data_hash": data_hash,
+        "train_key": key,
+        "train_config": cfg.train.model_dump(mode="json"),
+        "train_seconds": round(log["seconds"], 1),
+        "train_first_loss": log["epochs"][0]["loss"],
+        "final_loss": log["epochs"][-1]["loss"],
+        "parent": None,
+    }
+    state = {k: v.detach().cpu() for k, v in det.model.state_dict().items()}
+    save_checkpoint(path, state, meta)
+    return path, meta
