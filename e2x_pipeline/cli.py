@@ -78,6 +78,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(cfg, progress=not args.no_progress, use_prefect=not args.no_prefect)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    cfg = _config(args)
+    fn = getattr(bench, f"bench_{args.bench_name.replace('-', '_')}")
+    result = fn(cfg, args.out, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, indent=2, default=str))
+    print(f"results written to {args.out}/{args.bench_name}.json and .md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="e2x",
@@ -131,7 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="splits to evaluate")
     p.set_defaults(func=cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="measured benchmarks, written to reports/bench/")
+    bsub = bench.add_subparsers(dest="bench_name", metavar="BENCHMARK", required=True)
+    for name, text in BENCHMARKS.items():
+        p = bsub.add_parser(name, help=text, description=text)
+        _common(p)
+        p.add_argument("--out", type=Path, default=Path("reports/bench"),
+                       help="folder for <name>.json and <name>.md")
+        p.set_defaults(func=cmd_bench)
     return parser
+
+
+BENCHMARKS = {
+    "train": "train the detector from scratch and check the foundation's targets "
+    "(clean mAP@0.5 >= 0.8, planted-cause recall <= 0.5, training <= 5 min)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,7 +85,11 @@ def _check_field(ds: Any, name: str, label_type: Any) -> None:
 
 
 def open_coco_dataset(
-    name: str, dataset: CocoDataset, gt_field: str = GT_FIELD, causes: list[dict] | None = None
+    name: str,
+    dataset: CocoDataset,
+    gt_field: str = GT_FIELD,
+    causes: list[dict] | None = None,
+    candidates: pd.DataFrame | None = None,
 ) -> Any:
     """Open (or create) the persistent FiftyOne dataset ``name`` holding the split's images.
 
@@ -122,7 +126,7 @@ def open_coco_dataset(
             new.append(s)
     if new:
         ds.add_samples(new, progress=False)
-    write_ground_truth(ds, dataset, gt_field, causes)
+    write_ground_truth(ds, dataset, gt_field, causes, candidates)
     return ds
 
 
@@ -188,11 +192,14 @@ def write_predictions(
     predictions: pd.DataFrame,
     field: str = PRED_FIELD,
     fn_candidates: pd.DataFrame | None = None,
+    min_score: float | None = None,
 ) -> None:
     """(Re)write the low-threshold predictions of every sample of ``dataset`` into ``field``.
 
     ``predictions`` is :attr:`MiningResult.predictions`. Samples without predictions get an empty
-    ``fo.Detections``, so stale labels of an earlier run never survive. With ``fn_candidates``
+    ``fo.Detections``, so stale labels of an earlier run never survive. ``min_score`` keeps only
+    predictions scoring at least that (FiftyOne builds ~1 ms per label; a low threshold of 0.01
+    can give 200 per image). With ``fn_candidates``
     (the candidates table's ``fn`` rows) a second field ``<field>_fn`` holds each miss's candidate
     box (near miss or uncovered anchor) labelled with the GT's class.
     """
@@ -220,6 +227,8 @@ def write_predictions(
             )
         return fo.Detections(detections=dets)
 
+    if min_score is not None:
+        predictions = predictions[predictions["score"] >= min_score]
     by_image = dict(tuple(predictions.groupby("image_id"))) if len(predictions) else {}
     fn_by_image: dict[int, pd.DataFrame] = {}
     if fn_candidates is not None and len(fn_candidates):
@@ -265,14 +274,13 @@ def publish_mining(
     causes: list[dict] | None = None,
     gt_field: str = GT_FIELD,
     pred_field: str = PRED_FIELD,
+    min_score: float | None = None,
 ) -> Any:
     """Open/import the dataset, write GT (with outcomes), predictions, FN candidates and the
     ``e2x-failures`` view. Idempotent: a rerun updates in place."""
-    ds = open_coco_dataset(name, dataset, gt_field, causes)
-    write_ground_truth(ds, dataset, gt_field, causes, candidates)
-    write_predictions(
-        ds, dataset, predictions, pred_field, candidates[candidates["outcome"] == "fn"]
-    )
+    ds = open_coco_dataset(name, dataset, gt_field, causes, candidates)
+    fn = candidates[candidates["outcome"] == "fn"]
+    write_predictions(ds, dataset, predictions, pred_field, fn, min_score)
     save_failures_view(ds, pred_field, gt_field)
     return ds
 
@@ -288,21 +296,34 @@ def evaluate_with_fiftyone(
 ) -> dict[str, int]:
     """Run FiftyOne's ``evaluate_detections`` and return its tp / fp / fn counts.
 
+    ``method`` is a FiftyOne detection method (``coco``, ``open-images``, ``activitynet``);
+    FiftyOne 1.x has no ``voc`` method, and its ``coco`` one is greedy VOC/COCO matching.
     With ``min_score`` only predictions with ``confidence > min_score`` take part (the operating
-    threshold). The evaluation is stored under ``eval_key`` (replaced when it exists).
+    threshold): they are copied into the field ``<eval_key>_preds`` first, because FiftyOne's
+    per-sample save during evaluation grows quadratically with the labels in the evaluated field
+    (minutes for 200 low-threshold predictions per image). The evaluation is stored under
+    ``eval_key`` (replaced when it exists).
     """
-    _fo()
-    from fiftyone import ViewField as F
+    fo = _fo()
 
-    view = ds
-    if min_score is not None:
-        view = ds.filter_labels(pred_field, F("confidence") > min_score, only_matches=False)
     if eval_key in ds.list_evaluations():
         ds.delete_evaluation(eval_key)
-    view.evaluate_detections(
+    if min_score is not None:
+        kept = f"{eval_key}_preds"
+        _check_field(ds, kept, fo.Detections)
+        ids, dets = ds.values(["id", f"{pred_field}.detections"])
+        values = {
+            i: fo.Detections(
+                detections=[d.copy() for d in (labels or []) if (d.confidence or 0) > min_score]
+            )
+            for i, labels in zip(ids, dets, strict=True)
+        }
+        ds.set_values(kept, values, key_field="id")
+        pred_field = kept
+    ds.evaluate_detections(
         pred_field, gt_field=gt_field, eval_key=eval_key, iou=iou, method=method, progress=False
     )
-    return {k: int(view.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
+    return {k: int(ds.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
 
 
 def delete_dataset(name: str) -> None:

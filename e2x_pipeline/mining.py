@@ -507,7 +507,8 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
         elif c in (*BOX_COLS, *GT_COLS, "score", "iou"):
             df[c] = df[c].astype("float64")
         else:
-            df[c] = df[c].astype("object")
+            # missing strings are None (not NaN), in memory as after a parquet round trip
+            df[c] = df[c].astype("object").where(df[c].notna(), None)
     return df
 
 

@@ -59,7 +59,8 @@ class FasterRCNNDetector(Detector):
     def __init__(self, model: FasterRCNN, classes: list[str], device: str | torch.device = "cpu"):
         if not isinstance(model, FasterRCNN):
             raise TypeError(
-                f"FasterRCNNDetector wraps torchvision FasterRCNN models, got {type(model).__name__}"
+                "FasterRCNNDetector wraps torchvision FasterRCNN models, got "
+                f"{type(model).__name__}"
             )
         super().__init__(model, classes, device)
 
@@ -99,7 +100,9 @@ class FasterRCNNDetector(Detector):
         """
         probs, _, boxes = self._per_image(images)
         n = max(p.shape[0] for p in probs)
-        probs_t = torch.stack([torch.nn.functional.pad(p, (0, 0, 0, n - p.shape[0])) for p in probs])
+        probs_t = torch.stack(
+            [torch.nn.functional.pad(p, (0, 0, 0, n - p.shape[0])) for p in probs]
+        )
         boxes_t = torch.stack(
             [torch.nn.functional.pad(b, (0, 0, 0, 0, 0, n - b.shape[0])) for b in boxes]
         )
@@ -166,7 +169,11 @@ class FasterRCNNDetector(Detector):
         return coord.gather(1, arg.unsqueeze(1)).squeeze(1)
 
 
-_ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+_ARCHS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+)
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FasterRCNN:

@@ -31,7 +31,9 @@ class FCOSDetector(Detector):
 
     def __init__(self, model: FCOS, classes: list[str], device: str | torch.device = "cpu"):
         if not isinstance(model, FCOS):
-            raise TypeError(f"FCOSDetector wraps torchvision FCOS models, got {type(model).__name__}")
+            raise TypeError(
+                f"FCOSDetector wraps torchvision FCOS models, got {type(model).__name__}"
+            )
         super().__init__(model, classes, device)
 
     def _levelled(self, images: Tensor) -> LevelledDense:

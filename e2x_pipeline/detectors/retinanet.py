@@ -78,7 +78,9 @@ def per_level_postprocess(
     return cands[keep], labels[keep], kept_scores[keep]
 
 
-def head_levels(model: nn.Module, images: Tensor) -> tuple:
+def head_levels(
+    model: nn.Module, images: Tensor
+) -> tuple[dict[str, Tensor], list[Tensor], list[tuple[int, int]], list[int]]:
     """Transform, backbone, head and anchors of a torchvision one-stage FPN detector.
 
     Returns ``(head_outputs, anchors, image_sizes, level_sizes)`` where ``level_sizes`` counts

@@ -24,7 +24,6 @@ from .superpixels import (
     superpixel_aggregate,
 )
 
-
 __all__ = [
     "Attribution",
     "DRiseExplainer",

@@ -79,6 +79,20 @@ class Explanation:
     def params_hash(self) -> str:
         return params_hash(self.method, self.params, self.seed)
 
+    def top_superpixels(self, n: int, sign: int = -1) -> np.ndarray:
+        """Labels of the n most negative (``sign=-1``) or most positive (``sign=1``) superpixels,
+        strongest first. For an FN the most negative ones are what suppressed the detection."""
+        if sign not in (-1, 1):
+            raise ValueError(f"sign must be -1 or 1, got {sign}")
+        if not self.valid:
+            raise ValueError(f"explanation of {self.candidate_id} is not valid: {self.reason}")
+        order = np.argsort(sign * -self.values, kind="stable")
+        return order[:n]
+
+    def top_mask(self, n: int, sign: int = -1) -> np.ndarray:
+        """``[H, W]`` bool mask of the pixels in :meth:`top_superpixels`."""
+        return np.isin(self.segments, self.top_superpixels(n, sign))
+
 
 @dataclass
 class Attribution:
@@ -140,6 +154,7 @@ class Explainer(ABC):
 
     name: str = "abstract"
     box_outputs: bool = True  # can it explain a box coordinate (x1, y1, x2, y2)?
+    uses_reference: bool = True  # PDA samples from the image, D-RISE masks to black
 
     def __init__(
         self,
@@ -158,6 +173,8 @@ class Explainer(ABC):
         return self.detector.device
 
     def reference_name(self) -> str:
+        if not self.uses_reference:
+            return "none"
         if self.cfg.reference == "mean" and self.mean is None:
             return "image_channel_mean"
         return self.cfg.reference
@@ -227,10 +244,12 @@ class Explainer(ABC):
             check_segments(segments, hw)
             seg_np = (
                 segments.detach().cpu().numpy() if isinstance(segments, Tensor) else segments
-            ).astype(np.int32)
+            ).astype(np.int32, copy=False)
         n_seg = int(seg_np.max()) + 1
         seg = torch.as_tensor(seg_np, dtype=torch.long, device=self.device)
-        if reference is None:
+        if not self.uses_reference:
+            reference = torch.zeros_like(image)  # unused
+        elif reference is None:
             reference, _ = make_reference(image, self.cfg.reference, self.mean)
         else:
             reference = reference.to(self.device, torch.float32).expand_as(image)

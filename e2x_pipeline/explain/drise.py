@@ -58,7 +58,9 @@ def drise_masks(
     """Masks ``[B, H, W]`` for mask indices ``idx`` from binary grids ``[N, 1, h, w]``."""
     h, w = grids.shape[-2:]
     up = F.interpolate(
-        grids[idx], size=((h + 1) * cell[0], (w + 1) * cell[1]), mode="bilinear",
+        grids[idx],
+        size=((h + 1) * cell[0], (w + 1) * cell[1]),
+        mode="bilinear",
         align_corners=False,
     )[:, 0]
     rows = shifts[idx, 0].unsqueeze(1) + torch.arange(hw[0], device=up.device)
@@ -69,6 +71,7 @@ def drise_masks(
 
 class DRiseExplainer(Explainer):
     name = "drise"
+    uses_reference = False
     box_outputs = False
 
     def __init__(
@@ -87,14 +90,12 @@ class DRiseExplainer(Explainer):
         self.center = bool(center)
 
     def method_params(self) -> dict[str, Any]:
-        return {"masks": self.cfg.drise_masks, "grid": list(self.grid), "p": self.p,
-                "center": self.center}
-
-    def params(self) -> dict[str, Any]:
-        # D-RISE masks to black; the reference does not enter.
-        out = super().params()
-        out.pop("reference")
-        return out
+        return {
+            "masks": self.cfg.drise_masks,
+            "grid": list(self.grid),
+            "p": self.p,
+            "center": self.center,
+        }
 
     def _target_boxes(self, image: Tensor, targets: list[Target]) -> tuple[Tensor, int]:
         missing = [i for i, t in enumerate(targets) if t.box is None]

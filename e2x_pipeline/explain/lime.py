@@ -3,8 +3,8 @@
 K binary vectors z in {0,1}^M are drawn Bernoulli(0.5), the first one all on. Sample k shows the
 image where z_k,i = 1 and the reference (+ N(0, sigma), sigma = 12.8/255 as in the E2X code;
 ``noise=0`` turns it off; clamped to [0, 1]) on the switched-off superpixels. With the cosine
-distance d_k = 1 - cos(z_k, 1) to the all-on vector and the kernel pi_k = sqrt(exp(-d_k^2 / 0.25^2)),
-the values solve the weighted ridge regression (eq. 2)
+distance d_k = 1 - cos(z_k, 1) to the all-on vector and the kernel
+pi_k = sqrt(exp(-d_k^2 / 0.25^2)), the values solve the weighted ridge regression (eq. 2)
 
     phi = argmin sum_k pi_k (f(z_k) - phi_0 - phi . z_k)^2 + ||phi||^2     (Ridge(alpha=1)).
 

@@ -70,6 +70,7 @@ def interpolation_matrix(size: int, centres: np.ndarray) -> np.ndarray:
 
 class PDAExplainer(Explainer):
     name = "pda"
+    uses_reference = False
 
     def __init__(
         self,
@@ -100,11 +101,6 @@ class PDAExplainer(Explainer):
             "stride": self.stride if self.stride is not None else "window",
             "max_cond_dim": self.max_cond_dim,
         }
-
-    def params(self) -> dict[str, Any]:
-        out = super().params()
-        out.pop("reference")  # PDA samples from the image's own statistics
-        return out
 
     def _sampler(
         self, image: Tensor, win: int, ys: Tensor, xs: Tensor, gen: torch.Generator
@@ -183,7 +179,7 @@ class PDAExplainer(Explainer):
         n_pos = ys.numel()
         cond, chol, sampler = self._sampler(image, win, ys, xs, gen)
         total = n_pos * self.n_samples
-        psum = torch.zeros(n_pos, len(targets), device=dev)
+        psum = torch.zeros(n_pos, len(targets), dtype=torch.float64, device=dev)  # exact mean
         bad = torch.zeros(len(targets), dtype=torch.long, device=dev)
         offs = torch.arange(win, device=dev)
         hwc = image.permute(1, 2, 0)
@@ -202,8 +198,8 @@ class PDAExplainer(Explainer):
                 out = self.detector.target_outputs(imgs.permute(0, 3, 1, 2), targets, output)
                 finite = torch.isfinite(out)
                 bad += (~finite).long().sum(0)
-                psum.index_add_(0, pos, torch.where(finite, out.float(), torch.zeros_like(out)))
-        rel = f_clean.view(1, -1) - psum / self.n_samples  # [n_pos, T]
+                psum.index_add_(0, pos, torch.where(finite, out, torch.zeros_like(out)).double())
+        rel = (f_clean.double().view(1, -1) - psum / self.n_samples).float()  # [n_pos, T]
         grid = rel.T.reshape(len(targets), len(ys_np), len(xs_np))
         ry = torch.as_tensor(
             interpolation_matrix(h, ys_np + (win - 1) / 2), dtype=torch.float32, device=dev

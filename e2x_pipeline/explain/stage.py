@@ -40,13 +40,35 @@ log = logging.getLogger(__name__)
 
 GRADIENT_METHODS = ("e2x", "ig")
 CANDIDATE_COLUMNS = (
-    "candidate_id", "image_id", "image_path", "anchor", "label",
-    "box_x1", "box_y1", "box_x2", "box_y2",
+    "candidate_id",
+    "image_id",
+    "image_path",
+    "anchor",
+    "label",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
 )
 TABLE_COLUMNS = (
-    "candidate_id", "image_id", "method", "output", "params_hash", "params", "details", "seed",
-    "values", "n_segments", "seconds", "passes", "shared_by", "valid", "reason", "map_file",
-    "map_key", "segments_key",
+    "candidate_id",
+    "image_id",
+    "method",
+    "output",
+    "params_hash",
+    "params",
+    "details",
+    "seed",
+    "values",
+    "n_segments",
+    "seconds",
+    "passes",
+    "shared_by",
+    "valid",
+    "reason",
+    "map_file",
+    "map_key",
+    "segments_key",
 )
 FLUSH_SECONDS = 60.0
 
@@ -131,6 +153,20 @@ def _row(exp: Explanation, image_id: int, map_file: str | None, seg_key: str) ->
     }
 
 
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Fixed column types, so that an empty first run and later runs concatenate cleanly."""
+    types = {
+        "image_id": "int64",
+        "seed": "int64",
+        "n_segments": "int64",
+        "seconds": "float64",
+        "passes": "float64",
+        "shared_by": "int64",
+        "valid": "bool",
+    }
+    return table.astype(types)
+
+
 def _write_maps(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Merge ``arrays`` into the image's npz (keeping maps from earlier runs), atomically."""
     merged: dict[str, np.ndarray] = {}
@@ -168,17 +204,27 @@ def explain_candidates(
     """
     _check_candidates(candidates)
     if cfg.max_candidates is not None and len(candidates) > cfg.max_candidates:
-        log.info("explaining the first %d of %d candidates (explain.max_candidates)",
-                 cfg.max_candidates, len(candidates))
+        log.info(
+            "explaining the first %d of %d candidates (explain.max_candidates)",
+            cfg.max_candidates,
+            len(candidates),
+        )
         candidates = candidates.head(cfg.max_candidates)
     out_dir = Path(out_dir)
     table_path = out_dir / "explanations.parquet"
-    existing = pd.read_parquet(table_path) if table_path.is_file() else pd.DataFrame(
-        columns=list(TABLE_COLUMNS)
+    existing = (
+        pd.read_parquet(table_path)
+        if table_path.is_file()
+        else pd.DataFrame(columns=list(TABLE_COLUMNS))
     )
     done = set(
-        zip(existing["candidate_id"], existing["method"], existing["output"],
-            existing["params_hash"])
+        zip(
+            existing["candidate_id"],
+            existing["method"],
+            existing["output"],
+            existing["params_hash"],
+            strict=True,
+        )
     )
     options = options or {}
     explainers = {
@@ -191,8 +237,10 @@ def explain_candidates(
     last_flush = time.monotonic()
 
     def flush() -> pd.DataFrame:
-        table = pd.concat([existing, pd.DataFrame(new_rows, columns=list(TABLE_COLUMNS))],
-                          ignore_index=True) if new_rows else existing
+        new = _typed(pd.DataFrame(new_rows, columns=list(TABLE_COLUMNS)))
+        table = pd.concat([existing, new], ignore_index=True) if len(existing) else new
+        if not new_rows and len(existing):
+            table = existing
         write_table(table_path, table)
         return table
 
@@ -212,24 +260,40 @@ def explain_candidates(
         map_rel = f"maps/{int(image_id)}.npz"
         arrays: dict[str, np.ndarray] = {seg_key: segments.astype(np.int32)}
         for (method, output), rows in pending.items():
-            has_candidate = (rows["anchor"].astype(int) >= 0) | (method == "drise")
+            has_candidate = (rows["anchor"].astype(int) >= 0).to_numpy() | (method == "drise")
             for _, r in rows[~has_candidate].iterrows():
-                new_rows.append({
-                    "candidate_id": str(r["candidate_id"]), "image_id": int(image_id),
-                    "method": method, "output": output, "params_hash": hashes[method],
-                    "params": json.dumps(explainers[method].params(), sort_keys=True),
-                    "details": "{}", "seed": seed, "values": [], "n_segments": 0,
-                    "seconds": 0.0, "passes": 0.0, "shared_by": 0, "valid": False,
-                    "reason": "no detector candidate (anchor -1) to follow; only D-RISE "
-                              "explains uncovered ground truth",
-                    "map_file": None, "map_key": None, "segments_key": None,
-                })
+                new_rows.append(
+                    {
+                        "candidate_id": str(r["candidate_id"]),
+                        "image_id": int(image_id),
+                        "method": method,
+                        "output": output,
+                        "params_hash": hashes[method],
+                        "params": json.dumps(explainers[method].params(), sort_keys=True),
+                        "details": "{}",
+                        "seed": seed,
+                        "values": [],
+                        "n_segments": 0,
+                        "seconds": 0.0,
+                        "passes": 0.0,
+                        "shared_by": 0,
+                        "valid": False,
+                        "reason": "no detector candidate (anchor -1) to follow; only D-RISE "
+                        "explains uncovered ground truth",
+                        "map_file": None,
+                        "map_key": None,
+                        "segments_key": None,
+                    }
+                )
             rows = rows[has_candidate]
             if not len(rows):
                 continue
             targets = [
-                Target(int(r.anchor), int(r.label),
-                       (float(r.box_x1), float(r.box_y1), float(r.box_x2), float(r.box_y2)))
+                Target(
+                    int(r.anchor),
+                    int(r.label),
+                    (float(r.box_x1), float(r.box_y1), float(r.box_x2), float(r.box_y2)),
+                )
                 for r in rows.itertuples()
             ]
             cids = [str(c) for c in rows["candidate_id"]]

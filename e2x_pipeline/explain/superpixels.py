@@ -138,7 +138,8 @@ def make_reference(
     if mean is None:
         warnings.warn(
             "explain.reference is 'mean' but no dataset mean was given; using the image's own "
-            "channel mean (recorded as reference='image_channel_mean'). Pass mean=dataset_mean(...)",
+            "channel mean (recorded as reference='image_channel_mean'); pass "
+            "mean=dataset_mean(...)",
             stacklevel=3,
         )
         ref = image.mean(dim=(1, 2), keepdim=True).expand_as(image).clone()
@@ -147,7 +148,9 @@ def make_reference(
     if m.dim() == 1:
         m = m.view(-1, 1, 1)
     if m.shape[0] != image.shape[0] or m.dim() != 3:
-        raise ValueError(f"dataset mean of shape {tuple(mean.shape)} cannot serve {tuple(image.shape)}")
+        raise ValueError(
+            f"dataset mean of shape {tuple(mean.shape)} cannot serve {tuple(image.shape)}"
+        )
     if m.shape[1:] != image.shape[1:]:
         if m.shape[1:] != (1, 1):
             raise ValueError(

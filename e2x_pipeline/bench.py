@@ -1,0 +1,71 @@
+"""``e2x bench ...``: measured targets, written to ``reports/bench/<name>.{json,md}``.
+
+Each result records the command that made it, the machine and the library versions, so a
+reader can reproduce it. Ratios are taken within one run, never across days.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import E2XConfig
+from .io_utils import write_json, write_text
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_bench(out_dir: Path, name: str, result: dict, markdown: str) -> None:
+    command = "e2x " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = {"command": command, "environment": environment(), **result}
+    write_json(out_dir / f"{name}.json", result)
+    write_text(out_dir / f"{name}.md", f"# Benchmark: {name}\n\nCommand: `{command}`\n\n{markdown}\n")
+
+
+def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train from scratch (no cache) and evaluate on val and test: the foundation's targets.
+
+    Targets (issue 2): mAP@0.5 >= 0.8 on clean val images, recall <= 0.5 on each planted FN
+    cause, training <= 5 min on 2 CPU cores.
+    """
+    from .stages import detector_for, ensure_benchmark, evaluate_stage, format_evaluation
+    from .stages import train_stage
+
+    ensure_benchmark(cfg)
+    t0 = time.perf_counter()
+    ckpt, meta = train_stage(cfg, progress=progress, force=True)
+    wall = time.perf_counter() - t0
+    det = detector_for(cfg, ckpt)
+    evaluation = [evaluate_stage(cfg, det, s, progress) for s in ("val", "test")]
+    val = evaluation[0]
+    targets = {
+        "map50_clean_val >= 0.8": val.get("map50_clean", float("nan")) >= 0.8,
+        "train_seconds <= 300": meta["train_seconds"] <= 300,
+        **{f"recall[{c}] <= 0.5": r <= 0.5 for c, r in val["recall_by_cause"].items()},
+    }
+    result = {"train_seconds": meta["train_seconds"], "train_wall_seconds": round(wall, 1),
+              "checkpoint": str(ckpt), "evaluation": evaluation, "targets_met": targets}
+    md = (
+        f"Training: {meta['train_seconds']} s for {cfg.train.epochs} epochs on "
+        f"{cfg.benchmark.n_train} images ({environment()['cpu_count']} CPU cores).\n\n"
+        f"```\n{format_evaluation(evaluation)}\n```\n\nTargets:\n\n"
+        + "\n".join(f"- {k}: {'met' if v else 'MISSED'}" for k, v in targets.items())
+    )
+    write_bench(out_dir, "train", result, md)
+    return result
