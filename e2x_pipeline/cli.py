@@ -71,11 +71,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detector(cfg: E2XConfig, progress: bool):
+    from .stages import detector_for, train_stage
+
+    ckpt = cfg.model.checkpoint or train_stage(cfg, progress=progress)[0]
+    return detector_for(cfg, ckpt)
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from .mining import format_metrics
+    from .stages import mine_stage, publish_stage, split_dir
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    result = mine_stage(cfg, _detector(cfg, not args.no_progress), split)
+    print(format_metrics(result.metrics))
+    print(f"tables written to {split_dir(cfg, split)}")
+    if not args.no_fiftyone:
+        name = publish_stage(cfg, split)
+        print(f"FiftyOne dataset '{name}', saved view 'e2x-failures'")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .stages import explain_stage, overlay_stage, split_dir
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    table = explain_stage(cfg, _detector(cfg, not args.no_progress), split, not args.no_progress)
+    print(table.groupby(["method", "valid"]).size().to_string())
+    overlays = overlay_stage(cfg, split)
+    print(
+        f"explanations: {split_dir(cfg, split) / 'explanations.parquet'}; "
+        f"{len(overlays)} overlays in {split_dir(cfg, split) / 'overlays'}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     cfg = _config(args)
-    return run_demo(cfg, progress=not args.no_progress, use_prefect=not args.no_prefect)
+    return run_demo(cfg, progress=not args.no_progress, fiftyone=not args.no_fiftyone)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -103,11 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and run every stage that exists, as one Prefect flow.",
     )
     _common(p)
-    p.add_argument(
-        "--no-prefect",
-        action="store_true",
-        help="call the stages directly instead of through the Prefect flow",
-    )
+    p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
     p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset commands")
@@ -143,13 +176,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="splits to evaluate")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "mine",
+        help="mine FP/FN candidates at a lowered threshold",
+        description="Run the detector at mining.low_threshold, match against ground "
+        "truth, type every FP (TIDE) and give every FN a candidate. Writes "
+        "<output_dir>/<split>/candidates.parquet and metrics.json, and the FiftyOne "
+        "view 'e2x-failures'.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split to mine (default: data.eval_split)")
+    p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
+    p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser(
+        "explain",
+        help="explain mined failures (E2X and baselines)",
+        description="Explain every mined fp/fn with explain.methods. Writes "
+        "<output_dir>/<split>/explanations.parquet, maps/*.npz and overlays/*.png. "
+        "Reruns skip finished candidates.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose candidates to explain (default: data.eval_split)")
+    p.set_defaults(func=cmd_explain)
+
     bench = sub.add_parser("bench", help="measured benchmarks, written to reports/bench/")
     bsub = bench.add_subparsers(dest="bench_name", metavar="BENCHMARK", required=True)
     for name, text in BENCHMARKS.items():
         p = bsub.add_parser(name, help=text, description=text)
         _common(p)
-        p.add_argument("--out", type=Path, default=Path("reports/bench"),
-                       help="folder for <name>.json and <name>.md")
+        p.add_argument(
+            "--out",
+            type=Path,
+            default=Path("reports/bench"),
+            help="folder for <name>.json and <name>.md",
+        )
         p.set_defaults(func=cmd_bench)
     return parser
 

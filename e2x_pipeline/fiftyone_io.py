@@ -299,9 +299,9 @@ def evaluate_with_fiftyone(
     ``method`` is a FiftyOne detection method (``coco``, ``open-images``, ``activitynet``);
     FiftyOne 1.x has no ``voc`` method, and its ``coco`` one is greedy VOC/COCO matching.
     With ``min_score`` only predictions with ``confidence > min_score`` take part (the operating
-    threshold): they are copied into the field ``<eval_key>_preds`` first, because FiftyOne's
-    per-sample save during evaluation grows quadratically with the labels in the evaluated field
-    (minutes for 200 low-threshold predictions per image). The evaluation is stored under
+    threshold): they are copied into the field ``<eval_key>_preds`` first, and only that field
+    and the GT are loaded, because FiftyOne's per-sample save during evaluation grows
+    quadratically with the labels a sample holds (minutes for 200 predictions per image). The evaluation is stored under
     ``eval_key`` (replaced when it exists).
     """
     fo = _fo()
@@ -320,7 +320,9 @@ def evaluate_with_fiftyone(
         }
         ds.set_values(kept, values, key_field="id")
         pred_field = kept
-    ds.evaluate_detections(
+    # only the two fields: FiftyOne re-saves every loaded field of each sample it evaluates
+    view = ds.select_fields([pred_field, gt_field])
+    view.evaluate_detections(
         pred_field, gt_field=gt_field, eval_key=eval_key, iou=iou, method=method, progress=False
     )
     return {k: int(ds.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}

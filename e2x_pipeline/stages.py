@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 from .config import E2XConfig, resolve_device
 from .data.benchmark import load_causes, make_benchmark
@@ -116,3 +121,119 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:>10.3f}"
     return f"{v!s:>10}"
+
+
+def split_dir(cfg: E2XConfig, split: str) -> Path:
+    """Where one split's stage tables live: ``<output_dir>/<split>/``."""
+    return cfg.output_dir / split
+
+
+def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
+    """Mine FP/FN candidates on ``split``; writes ``<output_dir>/<split>/candidates.parquet``."""
+    from .mining import run_mining_stage
+
+    ds = open_split(cfg, split)
+    return run_mining_stage(
+        detector, ds, cfg.mining, split_dir(cfg, split), load_causes(cfg.data.root, split), split
+    )
+
+
+def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -> str:
+    """Push the split, its predictions and the ``e2x-failures`` view into FiftyOne."""
+    import pandas as pd
+
+    from . import fiftyone_io
+
+    name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
+    d = split_dir(cfg, split)
+    fiftyone_io.publish_mining(
+        name,
+        open_split(cfg, split),
+        pd.read_parquet(d / "candidates.parquet"),
+        pd.read_parquet(d / "predictions.parquet"),
+        load_causes(cfg.data.root, split),
+    )
+    return name
+
+
+def reference_image(cfg: E2XConfig, max_images: int = 256) -> torch.Tensor:
+    """The E2X reference: the mean image of (up to ``max_images`` of) the train split.
+
+    The paper's reference is the dataset mean (input = mean + w * (x - mean)); a subset keeps
+    this cheap and changes the mean by well under one grey level on the benchmark.
+    """
+    from .explain.superpixels import dataset_mean
+
+    train = open_split(cfg, "train")
+    return dataset_mean([train.image_path(i) for i in train.image_ids], max_images=max_images)
+
+
+def failures(candidates: pd.DataFrame, max_candidates: int | None = None) -> pd.DataFrame:
+    """The candidates an explainer should look at: every fp and fn, in a stable order."""
+    rows = candidates[candidates["outcome"].isin(["fp", "fn"])]
+    rows = rows.sort_values(["image_id", "candidate_id"], kind="stable")
+    return rows.head(max_candidates) if max_candidates else rows
+
+
+def explain_stage(
+    cfg: E2XConfig, detector: Detector, split: str, progress: bool = True
+) -> pd.DataFrame:
+    """Explain the split's mined failures with every configured method (skips finished work)."""
+    import pandas as pd
+
+    from .explain.stage import explain_candidates
+
+    d = split_dir(cfg, split)
+    cands = failures(pd.read_parquet(d / "candidates.parquet"), cfg.explain.max_candidates)
+    return explain_candidates(
+        detector, cands, cfg.explain, d, reference_image(cfg), cfg.seed, progress=progress
+    )
+
+
+def overlay_stage(cfg: E2XConfig, split: str, method: str = "e2x", limit: int = 24) -> list[Path]:
+    """Write heatmap overlays (red +, blue -, scaled by max |value|) for explained failures."""
+    import numpy as np
+    import pandas as pd
+
+    from .data.coco import load_image
+    from .explain.overlay import render_overlay
+
+    d = split_dir(cfg, split)
+    table = pd.read_parquet(d / "explanations.parquet")
+    cands = pd.read_parquet(d / "candidates.parquet").set_index("candidate_id")
+    rows = table[(table["method"] == method) & (table["output"] == "score") & table["valid"]]
+    written = []
+    for _, r in rows.head(limit).iterrows():
+        c = cands.loc[r["candidate_id"]]
+        with np.load(d / r["map_file"]) as maps:
+            pixel_map = maps[r["map_key"]].astype(np.float32)
+        image = load_image(c["image_path"])
+        safe = r["candidate_id"].replace("/", "_")
+        out = d / "overlays" / f"{safe}-{method}.png"
+        _side_by_side(image, render_overlay(image, pixel_map), c, out)
+        written.append(out)
+    return written
+
+
+def _side_by_side(image: torch.Tensor, overlay, cand: pd.Series, out: Path, scale: int = 3):
+    """The image with the candidate (red) and its GT (green) boxes, beside the overlay."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from .io_utils import atomic_write
+
+    left = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    pair = Image.new("RGB", (left.width * 2 + 4, left.height), "white")
+    pair.paste(left, (0, 0))
+    pair.paste(Image.fromarray(overlay), (left.width + 4, 0))
+    pair = pair.resize((pair.width * scale, pair.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(pair)
+    boxes = [("box", (255, 40, 40))]
+    if cand.get("gt_x1") is not None and not np.isnan(cand.get("gt_x1")):
+        boxes.append(("gt", (40, 220, 40)))
+    for prefix, colour in boxes:
+        xyxy = [float(cand[f"{prefix}_{k}"]) * scale for k in ("x1", "y1", "x2", "y2")]
+        for dx in (0, (left.width + 4) * scale):
+            draw.rectangle([xyxy[0] + dx, xyxy[1], xyxy[2] + dx, xyxy[3]], outline=colour, width=2)
+    with atomic_write(out) as fh:
+        pair.save(fh, format="PNG")

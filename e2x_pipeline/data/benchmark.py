@@ -43,7 +43,7 @@ _BASE_COLOURS = {
     "square": np.array([0.20, 0.35, 0.86]),
     "triangle": np.array([0.22, 0.74, 0.30]),
 }
-_BRICK = np.array([0.72, 0.30, 0.22])
+_BRICK = np.array([0.84, 0.31, 0.21])  # nearly the disk colour: camouflage
 
 
 @dataclass
