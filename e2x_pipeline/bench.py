@@ -35,7 +35,9 @@ def write_bench(out_dir: Path, name: str, result: dict, markdown: str) -> None:
     command = "e2x " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = {"command": command, "environment": environment(), **result}
     write_json(out_dir / f"{name}.json", result)
-    write_text(out_dir / f"{name}.md", f"# Benchmark: {name}\n\nCommand: `{command}`\n\n{markdown}\n")
+    write_text(
+        out_dir / f"{name}.md", f"# Benchmark: {name}\n\nCommand: `{command}`\n\n{markdown}\n"
+    )
 
 
 def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
@@ -44,8 +46,13 @@ def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
     Targets (issue 2): mAP@0.5 >= 0.8 on clean val images, recall <= 0.5 on each planted FN
     cause, training <= 5 min on 2 CPU cores.
     """
-    from .stages import detector_for, ensure_benchmark, evaluate_stage, format_evaluation
-    from .stages import train_stage
+    from .stages import (
+        detector_for,
+        ensure_benchmark,
+        evaluate_stage,
+        format_evaluation,
+        train_stage,
+    )
 
     ensure_benchmark(cfg)
     t0 = time.perf_counter()
@@ -59,8 +66,13 @@ def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
         "train_seconds <= 300": meta["train_seconds"] <= 300,
         **{f"recall[{c}] <= 0.5": r <= 0.5 for c, r in val["recall_by_cause"].items()},
     }
-    result = {"train_seconds": meta["train_seconds"], "train_wall_seconds": round(wall, 1),
-              "checkpoint": str(ckpt), "evaluation": evaluation, "targets_met": targets}
+    result = {
+        "train_seconds": meta["train_seconds"],
+        "train_wall_seconds": round(wall, 1),
+        "checkpoint": str(ckpt),
+        "evaluation": evaluation,
+        "targets_met": targets,
+    }
     md = (
         f"Training: {meta['train_seconds']} s for {cfg.train.epochs} epochs on "
         f"{cfg.benchmark.n_train} images ({environment()['cpu_count']} CPU cores).\n\n"
@@ -69,3 +81,55 @@ def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
     )
     write_bench(out_dir, "train", result, md)
     return result
+
+
+def bench_mine(cfg: E2XConfig, out_dir: Path, progress: bool = True, repeats: int = 3) -> dict:
+    """Mining cost against plain batched inference over the same images (target <= 1.1x).
+
+    Both run on the eval split with the same detector, batch size and low threshold. Runs are
+    interleaved (plain, mine, plain, mine, ...) so that machine load hits both alike; the ratio of
+    medians is reported.
+    """
+    import statistics
+
+    from .data.benchmark import load_causes
+    from .inference import detect_dataset
+    from .mining import mine
+    from .stages import detector_for, ensure_benchmark, open_split, train_stage
+
+    ensure_benchmark(cfg)
+    ckpt = cfg.model.checkpoint or train_stage(cfg, progress=progress)[0]
+    det = detector_for(cfg, ckpt)
+    split = cfg.data.eval_split
+    ds = open_split(cfg, split)
+    causes = load_causes(cfg.data.root, split)
+    plain, mining = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        detect_dataset(det, ds, cfg.mining.low_threshold, cfg.mining.batch_size, progress=False)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = mine(det, ds, cfg.mining, causes, split)
+        mining.append(time.perf_counter() - t0)
+    ratio = statistics.median(mining) / statistics.median(plain)
+    result_d = {
+        "split": split,
+        "images": len(ds.images),
+        "plain_inference_seconds": plain,
+        "mining_seconds": mining,
+        "ratio_of_medians": round(ratio, 3),
+        "target": "<= 1.1",
+        "target_met": ratio <= 1.1,
+        "candidates": int(len(result.candidates)),
+    }
+    md = (
+        f"Split `{split}`, {len(ds.images)} images, batch {cfg.mining.batch_size}, "
+        f"low threshold {cfg.mining.low_threshold}, {repeats} interleaved repeats.\n\n"
+        f"| | median seconds |\n|---|---|\n"
+        f"| plain batched inference | {statistics.median(plain):.2f} |\n"
+        f"| mining (inference + matching + FN candidates + metrics) | "
+        f"{statistics.median(mining):.2f} |\n\n"
+        f"Ratio: **{ratio:.3f}** (target <= 1.1: {'met' if ratio <= 1.1 else 'MISSED'})."
+    )
+    write_bench(out_dir, "mine", result_d, md)
+    return result_d

@@ -92,3 +92,27 @@ def tiny_benchmark(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     make_benchmark(root, seed=1, sizes={"train": 60, "val": 40, "test": 20, "pool": 40})
     return root
+
+
+FIXTURE_CHECKPOINT = Path(__file__).parent / "fixtures" / "compact_ssd_benchmark.pt"
+
+
+@pytest.fixture(scope="session")
+def benchmark_default(tmp_path_factory) -> Path:
+    """The default benchmark's val split (seed 0), identical to the demo's: each split has its own
+    random stream, so the other splits can be left empty here."""
+    from e2x_pipeline.data.benchmark import make_benchmark
+
+    root = tmp_path_factory.mktemp("bench-default")
+    make_benchmark(root, seed=0, sizes={"train": 0, "val": 200, "test": 0, "pool": 0})
+    return root
+
+
+@pytest.fixture(scope="session")
+def benchmark_detector():
+    """The compact SSD that `e2x bench train` trained on the default benchmark (committed, 1 MB),
+    so the suite does not spend minutes training. test_planted_failures checks it is current."""
+    from e2x_pipeline.config import ModelConfig
+    from e2x_pipeline.detectors import load_detector
+
+    return load_detector(ModelConfig(checkpoint=FIXTURE_CHECKPOINT))

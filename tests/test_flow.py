@@ -1,0 +1,52 @@
+"""The e2x-pipeline Prefect flow end to end on a tiny benchmark: a real Prefect run (session
+harness), a real FiftyOne database (session mongod), and an idempotent rerun."""
+
+import pandas as pd
+
+from e2x_pipeline.config import load_config
+
+
+def test_pipeline_flow_runs_and_reruns_idempotently(
+    tiny_benchmark, tmp_path, fo_db, prefect_harness
+):
+    import fiftyone as fo
+
+    from flows.pipeline import e2x_pipeline
+
+    cfg = load_config(
+        None,
+        {
+            "data.root": str(tiny_benchmark),
+            "output_dir": str(tmp_path / "run"),
+            "benchmark.seed": 1,
+            "benchmark.n_train": 60,
+            "benchmark.n_val": 40,
+            "benchmark.n_test": 20,
+            "benchmark.n_pool": 40,
+            "train.epochs": 2,
+            "explain.max_candidates": 4,
+            "data.fiftyone_dataset": "e2x-test-flow",
+        },
+    )
+    summary = e2x_pipeline(cfg.model_dump(mode="json"), progress=False)
+    run = tmp_path / "run" / "val"
+    cands = pd.read_parquet(run / "candidates.parquet")
+    expl = pd.read_parquet(run / "explanations.parquet")
+    n_failures = int(cands["outcome"].isin(["fp", "fn"]).sum())
+    assert summary["mining"]["outcomes"]["fn"] + summary["mining"]["outcomes"]["fp"] == n_failures
+    assert len(expl) == min(4, n_failures) and set(expl["method"]) == {"e2x"}
+    assert len(summary["explain"]["overlays"]) == int(expl["valid"].sum())
+
+    ds = fo.load_dataset("e2x-test-flow")
+    n_samples = len(ds)
+    n_labels = ds.count("e2x_predictions.detections")
+    assert n_samples == 40 and "e2x-failures" in ds.list_saved_views()
+
+    # A rerun: the checkpoint is reused, nothing is explained twice, FiftyOne holds no duplicates.
+    summary2 = e2x_pipeline(cfg.model_dump(mode="json"), progress=False)
+    assert summary2["checkpoint"] == summary["checkpoint"]
+    expl2 = pd.read_parquet(run / "explanations.parquet")
+    pd.testing.assert_frame_equal(expl, expl2)
+    ds.reload()
+    assert len(ds) == n_samples and ds.count("e2x_predictions.detections") == n_labels
+    fo.delete_dataset("e2x-test-flow")
