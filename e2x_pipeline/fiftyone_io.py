@@ -301,8 +301,8 @@ def evaluate_with_fiftyone(
     With ``min_score`` only predictions with ``confidence > min_score`` take part (the operating
     threshold): they are copied into the field ``<eval_key>_preds`` first, and only that field
     and the GT are loaded, because FiftyOne's per-sample save during evaluation grows
-    quadratically with the labels a sample holds (minutes for 200 predictions per image). The evaluation is stored under
-    ``eval_key`` (replaced when it exists).
+    quadratically with the labels a sample holds (minutes for 200 predictions per image). The
+    evaluation is stored under ``eval_key`` (replaced when it exists).
     """
     fo = _fo()
 

@@ -45,8 +45,10 @@ FN candidates (what an explainer targets for a miss)
 * no candidate: ``fn_kind`` is None and ``reason`` says why (no dense view, or no anchor box
   overlaps the GT at all).
 
-The dense view is computed only for the images that have an uncovered miss, while the image batch
-is still in memory, so mining costs one detection pass plus a little.
+Mining costs one detection pass plus a little: when the family's ``detect`` goes through
+``self.dense`` (the SSD adapter does), the batch's dense view it computed is kept
+and reused for the uncovered misses; otherwise ``dense`` runs once more, only on the images of the
+batch that have an uncovered miss, while the batch is still in memory.
 
 Candidates table (``candidates.parquet``): one row per detection with ``score >
 operating_threshold`` (outcome ``tp`` or ``fp``) and one row per missed GT (outcome ``fn``).
@@ -97,7 +99,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,7 @@ from torchvision.ops import box_iou
 
 from .config import MiningConfig
 from .data.coco import CocoDataset, DatasetError
-from .detectors.base import Detections, Detector
+from .detectors.base import DenseOutput, Detections, Detector
 from .inference import iter_image_batches
 from .io_utils import write_json, write_table
 
@@ -298,19 +300,45 @@ def near_miss(
     return int(best), float(ious[best])
 
 
+@contextlib.contextmanager
+def _keep_dense(detector: Detector) -> Iterator[dict[str, Any]]:
+    """Remember the dense view that ``detector.detect`` computes for a batch (families whose
+    detect goes through ``self.dense``), so uncovered misses need no second forward pass."""
+    memo: dict[str, Any] = {}
+    orig = detector.dense
+
+    def dense(images: torch.Tensor) -> DenseOutput:
+        out = orig(images)
+        memo["shape"], memo["out"] = tuple(images.shape), out
+        return out
+
+    detector.dense = dense  # type: ignore[method-assign]
+    try:
+        yield memo
+    finally:
+        del detector.dense  # back to the class's method
+
+
 @torch.no_grad()
 def uncovered_candidates(
-    detector: Detector, images: torch.Tensor, gts: list[tuple[int, np.ndarray, int]]
+    detector: Detector,
+    images: torch.Tensor,
+    gts: list[tuple[int, np.ndarray, int]],
+    dense: DenseOutput | None = None,
 ) -> list[tuple[int, float, float, list[float]]]:
     """For each ``(batch index, gt box xyxy, label)``: the dense candidate (anchor) whose decoded
     box has the largest IoU with the GT, ties broken by its score for ``label``.
 
     Returns ``(anchor, iou, score, box)`` per GT; anchor -1 when no anchor box overlaps the GT.
-    One batched ``dense`` pass over the images involved; IoUs computed on the detector's device.
+    ``dense`` is the whole batch's dense view when already computed; otherwise one batched
+    ``dense`` pass over the images involved. IoUs are computed on the detector's device.
     """
     rows = sorted({b for b, _, _ in gts})
-    pos = {b: k for k, b in enumerate(rows)}
-    dense = detector.dense(images[rows].to(detector.device))
+    if dense is not None:
+        pos = {b: b for b in rows}
+    else:
+        pos = {b: k for k, b in enumerate(rows)}
+        dense = detector.dense(images[rows].to(detector.device))
     out = []
     for b, box, label in gts:
         boxes = dense.boxes[pos[b]]
@@ -457,11 +485,14 @@ def mine(
     preds: list[dict[str, Any]] = []
     all_dets: dict[int, Detections] = {}
     t_detect = 0.0
-    for ids, images in iter_image_batches(dataset, cfg.batch_size, image_ids, on_error):
+    batches = iter_image_batches(dataset, cfg.batch_size, image_ids, on_error)
+    for ids, images in batches:
         batch = torch.stack(images)
         t1 = time.perf_counter()
-        dets = [d.to("cpu") for d in detector.detect(batch, cfg.low_threshold)]
+        with _keep_dense(detector) as memo:
+            dets = [d.to("cpu") for d in detector.detect(batch, cfg.low_threshold)]
         t_detect += time.perf_counter() - t1
+        kept_dense = memo.get("out") if memo.get("shape") == tuple(batch.shape) else None
         pending: list[tuple[int, np.ndarray, int]] = []
         pending_rows: list[dict[str, Any]] = []
         for b, (image_id, d) in enumerate(zip(ids, dets, strict=True)):
@@ -486,7 +517,7 @@ def mine(
                 pending.append((b, gt_box, int(row["label"])))
                 pending_rows.append(row)
         if pending:
-            _fill_uncovered(detector, batch, pending, pending_rows)
+            _fill_uncovered(detector, batch, pending, pending_rows, kept_dense)
 
     candidates = _frame(rows, CANDIDATE_COLUMNS)
     predictions = _frame(preds, PREDICTION_COLUMNS)
@@ -645,9 +676,10 @@ def _fill_uncovered(
     batch: torch.Tensor,
     pending: list[tuple[int, np.ndarray, int]],
     rows: list[dict[str, Any]],
+    dense: DenseOutput | None = None,
 ) -> None:
     try:
-        found = uncovered_candidates(detector, batch, pending)
+        found = uncovered_candidates(detector, batch, pending, dense)
     except NotImplementedError as exc:
         for row in rows:
             row["reason"] = f"the detector has no dense view ({exc}); no anchor can be targeted"

@@ -388,7 +388,7 @@ def trained_ssd(tiny_benchmark: Path):
         for i in tr.image_ids
     ]  # fmt: skip
     model = compact_ssd(len(classes), 128)
-    epochs, bs = 3, 20
+    epochs, bs = 4, 6
     opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(len(images) / bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=steps)
@@ -408,8 +408,9 @@ def trained_ssd(tiny_benchmark: Path):
 @pytest.fixture(scope="session")
 def mined_val(trained_ssd, tiny_benchmark: Path):
     ds = load_coco(tiny_benchmark / "annotations/val.json", tiny_benchmark / "images/val")
-    # a low operating threshold: the briefly trained SSD is unsure, and this gives every outcome
-    cfg = MiningConfig(operating_threshold=0.2)
+    # a lower operating threshold: the briefly trained SSD is unsure (at 0.4 on seed 1: about
+    # 60 tp, 25 fp, 47 fn), so every outcome occurs often
+    cfg = MiningConfig(operating_threshold=0.4)
     return ds, cfg, mine(trained_ssd, ds, cfg, load_causes(tiny_benchmark, "val"), "val")
 
 
