@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 from .config import E2XConfig, resolve_device
-from .data.benchmark import load_causes, make_benchmark
+from .data.benchmark import GENERATOR_VERSION, load_causes, make_benchmark
 from .data.coco import CocoDataset, load_coco
 from .detectors import load_detector
 from .detectors.base import Detector
@@ -38,11 +38,8 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
     if stamp.is_file():
         have = json.loads(stamp.read_text())
         sizes = {k: v["images"] for k, v in have.get("splits", {}).items()}
-        if (have.get("seed"), have.get("image_size"), sizes) == (
-            want["seed"],
-            want["image_size"],
-            want["sizes"],
-        ):
+        key = (have.get("seed"), have.get("image_size"), have.get("version"), sizes)
+        if key == (want["seed"], want["image_size"], GENERATOR_VERSION, want["sizes"]):
             return root
     make_benchmark(root, seed=b.seed, image_size=b.image_size, sizes=want["sizes"])
     return root

@@ -31,8 +31,11 @@ def dataset_hash(dataset: CocoDataset) -> str:
 
 
 def training_key(data_hash: str, model: ModelConfig, train: TrainConfig, seed: int) -> str:
+    from .detectors.compact_ssd import ARCH_VERSION
+
     payload = {
         "data": data_hash,
+        "arch_version": ARCH_VERSION if model.arch == "compact_ssd" else 1,
         "model": model.model_dump(mode="json", exclude={"checkpoint"}),
         "train": train.model_dump(mode="json", exclude={"num_threads"}),
         "seed": seed,

@@ -371,47 +371,16 @@ def test_bad_annotations_name_the_record(hand_case) -> None:
 
 
 @pytest.fixture(scope="session")
-def trained_ssd(tiny_benchmark: Path):
-    """A compact SSD trained a few epochs on the tiny benchmark: weak, so it makes every outcome."""
-    from e2x_pipeline.detectors.compact_ssd import compact_ssd
-    from e2x_pipeline.detectors.ssd import SSDDetector
-
-    torch.manual_seed(0)
-    tr = load_coco(tiny_benchmark / "annotations/train.json", tiny_benchmark / "images/train")
-    classes = ["__background__"] + [tr.categories[c] for c in tr.category_ids]
-    label = {c: i + 1 for i, c in enumerate(tr.category_ids)}
-    images = torch.stack([load_image(tr.image_path(i)) for i in tr.image_ids])
-    targets = [
-        {"boxes": torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                 a["bbox"][1] + a["bbox"][3]] for a in tr.annotations[i]]),
-         "labels": torch.tensor([label[a["category_id"]] for a in tr.annotations[i]])}
-        for i in tr.image_ids
-    ]  # fmt: skip
-    model = compact_ssd(len(classes), 128)
-    epochs, bs = 4, 6
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=1e-4)
-    steps = epochs * math.ceil(len(images) / bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 4e-3, total_steps=steps)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(images))
-        for k in range(0, len(images), bs):
-            idx = perm[k : k + bs].tolist()
-            loss = sum(model(list(images[idx]), [targets[j] for j in idx]).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return SSDDetector(model, classes)
+def trained_ssd(benchmark_detector):
+    """The compact SSD trained on the default benchmark (tests/conftest.py)."""
+    return benchmark_detector
 
 
 @pytest.fixture(scope="session")
-def mined_val(trained_ssd, tiny_benchmark: Path):
-    ds = load_coco(tiny_benchmark / "annotations/val.json", tiny_benchmark / "images/val")
-    # a lower operating threshold: the briefly trained SSD is unsure (at 0.4 on seed 1: about
-    # 60 tp, 25 fp, 47 fn), so every outcome occurs often
-    cfg = MiningConfig(operating_threshold=0.4)
-    return ds, cfg, mine(trained_ssd, ds, cfg, load_causes(tiny_benchmark, "val"), "val")
+def mined_val(trained_ssd, benchmark_default: Path):
+    ds = load_coco(benchmark_default / "annotations/val.json", benchmark_default / "images/val")
+    cfg = MiningConfig()
+    return ds, cfg, mine(trained_ssd, ds, cfg, load_causes(benchmark_default, "val"), "val")
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ from skimage.transform import resize
 
 from ..io_utils import atomic_write, write_json
 
+# Bump when the generator's output changes, so that cached benchmarks and checkpoints are rebuilt.
+GENERATOR_VERSION = 2
 CLASSES = ("disk", "square", "triangle")
 CAUSES = ("occluder", "camouflage", "distractor")
 SPLITS = ("train", "val", "test", "pool")
@@ -275,7 +277,8 @@ def make_benchmark(
     categories = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]
     cat_id = {c["name"]: c["id"] for c in categories}
     all_causes: list[dict] = []
-    summary: dict = {"seed": seed, "image_size": image_size, "splits": {}}
+    summary: dict = {"seed": seed, "image_size": image_size, "version": GENERATOR_VERSION,
+                     "splits": {}}
     for split_i, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_i])
         img_dir = out / "images" / split
