@@ -371,3 +371,21 @@ def test_builders_refuse_what_they_cannot_make() -> None:
         from e2x_pipeline.detectors.retinanet import RetinaNetDetector
 
         RetinaNetDetector(nn.Linear(2, 2), CLASSES)  # type: ignore[arg-type]
+
+
+def test_drise_runs_on_class_specific_boxes_of_faster_rcnn():
+    """D-RISE reads dense boxes; Faster R-CNN's are per class ([B, P, C, 4])."""
+    from e2x_pipeline.config import ExplainConfig
+    from e2x_pipeline.detectors import build_detector
+    from e2x_pipeline.detectors.base import Target
+    from e2x_pipeline.explain import explain_image
+
+    torch.manual_seed(0)
+    det = build_detector("fasterrcnn_mobilenet_v3_large_fpn", ["__background__", "a", "b"], 128)
+    det.model.roi_heads.detections_per_img = 5
+    image = torch.rand(3, 128, 128)
+    targets = [Target(0, 1, (10.0, 10.0, 60.0, 60.0)), Target(0, 2, None)]
+    cfg = ExplainConfig(drise_masks=8, batch_size=4, n_segments=20)
+    exps = explain_image(det, image, targets, ["drise"], cfg, seed=0)
+    assert len(exps) == 2 and all(e.valid for e in exps)
+    assert all(e.pixel_map.shape == (128, 128) for e in exps)

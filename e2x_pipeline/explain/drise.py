@@ -37,8 +37,11 @@ from .superpixels import superpixel_aggregate
 
 
 def batched_iou(boxes: Tensor, targets: Tensor) -> Tensor:
-    """IoU ``[B, A, T]`` of boxes ``[B, A, 4]`` against target boxes ``[T, 4]`` (xyxy)."""
-    b = boxes.unsqueeze(2)
+    """IoU ``[B, A, T]`` of boxes ``[B, A, 4]`` against target boxes ``[T, 4]`` (xyxy).
+
+    Class-specific boxes (Faster R-CNN) come already picked per target as ``[B, A, T, 4]``.
+    """
+    b = boxes if boxes.dim() == 4 else boxes.unsqueeze(2)
     t = targets.view(1, 1, -1, 4)
     lt = torch.maximum(b[..., :2], t[..., :2])
     rb = torch.minimum(b[..., 2:], t[..., 2:])
@@ -110,7 +113,11 @@ class DRiseExplainer(Explainer):
         with torch.no_grad():
             dense = self.detector.dense(image.unsqueeze(0))
         cand = torch.as_tensor([targets[i].candidate for i in missing], device=image.device)
-        boxes[missing] = dense.boxes[0, cand].float()
+        picked = dense.boxes[0, cand]
+        if picked.dim() == 3:  # class-specific boxes [n, C, 4]: the target's class
+            lab = torch.as_tensor([targets[i].label for i in missing], device=image.device)
+            picked = picked[torch.arange(len(missing), device=image.device), lab]
+        boxes[missing] = picked.float()
         return boxes, 1
 
     def attribute(
@@ -148,7 +155,8 @@ class DRiseExplainer(Explainer):
                 dense = self.detector.dense(image.unsqueeze(0) * masks.unsqueeze(1))
                 probs = dense.probs.float()
                 cos = probs[..., labels] / probs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-                sim = batched_iou(dense.boxes.float(), tboxes) * cos  # [B, A, T]
+                boxes = dense.boxes if dense.boxes.dim() == 3 else dense.boxes[:, :, labels]
+                sim = batched_iou(boxes.float(), tboxes) * cos  # [B, A, T]
                 if self.detector.has_objectness and dense.objectness is not None:
                     sim = sim * dense.objectness.float().unsqueeze(-1)
                 weight = sim.max(dim=1).values  # [B, T]
