@@ -21,11 +21,11 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-from .base import DenseOutput, Detections, Detector
-from .retinanet import LevelledDense, build_torchvision, head_levels, per_level_postprocess
+from .base import DenseOutput
+from .retinanet import LevelledDense, PerLevelDetector, build_torchvision, head_levels
 
 
-class FCOSDetector(Detector):
+class FCOSDetector(PerLevelDetector):
     family = "fcos"
     has_objectness = True
 
@@ -54,29 +54,6 @@ class FCOSDetector(Detector):
             boxes=torch.stack(boxes), scores=scores, probs=probs, objectness=centerness[..., 0]
         )
         return LevelledDense(dense, torch.stack(model_boxes), level_sizes)
-
-    def dense(self, images: Tensor) -> DenseOutput:
-        """Every location's FCOS scores, class probabilities, centerness and box in input pixels."""
-        return self._levelled(images).dense
-
-    @torch.no_grad()
-    def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
-        """torchvision's ``FCOS.postprocess_detections``, keeping each detection's location."""
-        m: FCOS = self.model
-        lv = self._levelled(self._batch(images))
-        out = []
-        for b in range(lv.dense.scores.shape[0]):
-            cands, labels, scores = per_level_postprocess(
-                lv.dense.scores[b],
-                lv.model_boxes[b],
-                lv.level_sizes,
-                score_threshold,
-                m.topk_candidates,
-                m.nms_thresh,
-                m.detections_per_img,
-            )
-            out.append(Detections(lv.dense.boxes[b, cands], scores, labels, cands))
-        return out
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FCOS:

@@ -98,7 +98,39 @@ def head_levels(
     return head, anchors, image_list.image_sizes, [n * per_location for n in hw]
 
 
-class RetinaNetDetector(Detector):
+class PerLevelDetector(Detector):
+    """Shared ``dense``/``detect`` of the families whose torchvision post-processing runs per FPN
+    level (RetinaNet, FCOS); subclasses provide ``_levelled``."""
+
+    def _levelled(self, images: Tensor) -> LevelledDense:
+        raise NotImplementedError
+
+    def dense(self, images: Tensor) -> DenseOutput:
+        """Every candidate's scores, probabilities and decoded, clipped box in input pixels."""
+        return self._levelled(images).dense
+
+    @torch.no_grad()
+    def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
+        """torchvision's per-level ``postprocess_detections`` (RetinaNet, FCOS), keeping each
+        detection's candidate (anchor or location) index."""
+        m = self.model
+        lv = self._levelled(self._batch(images))
+        out = []
+        for b in range(lv.dense.scores.shape[0]):
+            cands, labels, scores = per_level_postprocess(
+                lv.dense.scores[b],
+                lv.model_boxes[b],
+                lv.level_sizes,
+                score_threshold,
+                m.topk_candidates,
+                m.nms_thresh,
+                m.detections_per_img,
+            )
+            out.append(Detections(lv.dense.boxes[b, cands], scores, labels, cands))
+        return out
+
+
+class RetinaNetDetector(PerLevelDetector):
     family = "retinanet"
 
     def __init__(self, model: RetinaNet, classes: list[str], device: str | torch.device = "cpu"):
@@ -121,29 +153,6 @@ class RetinaNetDetector(Detector):
             boxes.append(resize_boxes(b, size, orig_hw))
         dense = DenseOutput(boxes=torch.stack(boxes), scores=probs, probs=probs)
         return LevelledDense(dense, torch.stack(model_boxes), level_sizes)
-
-    def dense(self, images: Tensor) -> DenseOutput:
-        """Every anchor's sigmoid class scores and decoded, clipped box in input pixels."""
-        return self._levelled(images).dense
-
-    @torch.no_grad()
-    def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
-        """torchvision's ``RetinaNet.postprocess_detections``, keeping each detection's anchor."""
-        m: RetinaNet = self.model
-        lv = self._levelled(self._batch(images))
-        out = []
-        for b in range(lv.dense.scores.shape[0]):
-            cands, labels, scores = per_level_postprocess(
-                lv.dense.scores[b],
-                lv.model_boxes[b],
-                lv.level_sizes,
-                score_threshold,
-                m.topk_candidates,
-                m.nms_thresh,
-                m.detections_per_img,
-            )
-            out.append(Detections(lv.dense.boxes[b, cands], scores, labels, cands))
-        return out
 
 
 def one_stage_kwargs(image_size: int) -> dict:
