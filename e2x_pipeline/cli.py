@@ -94,10 +94,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .stages import explain_stage, overlay_stage, split_dir
+    from .stages import candidates_table, explain_stage, overlay_stage, split_dir
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
+    candidates_table(cfg, split)  # fail before any training when mining has not run
     table = explain_stage(cfg, _detector(cfg, not args.no_progress), split, not args.no_progress)
     print(table.groupby(["method", "valid"]).size().to_string())
     overlays = overlay_stage(cfg, split)

@@ -172,6 +172,17 @@ def failures(candidates: pd.DataFrame, max_candidates: int | None = None) -> pd.
     return rows.head(max_candidates) if max_candidates else rows
 
 
+def candidates_table(cfg: E2XConfig, split: str) -> Path:
+    """The split's mined candidates table; a clear error when mining has not run."""
+    table = split_dir(cfg, split) / "candidates.parquet"
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"no candidates table at {table}; run 'e2x mine --split {split}' with the same "
+            "output_dir first"
+        )
+    return table
+
+
 def explain_stage(
     cfg: E2XConfig, detector: Detector, split: str, progress: bool = True
 ) -> pd.DataFrame:
@@ -181,7 +192,7 @@ def explain_stage(
     from .explain.stage import explain_candidates
 
     d = split_dir(cfg, split)
-    cands = failures(pd.read_parquet(d / "candidates.parquet"), cfg.explain.max_candidates)
+    cands = failures(pd.read_parquet(candidates_table(cfg, split)), cfg.explain.max_candidates)
     return explain_candidates(
         detector, cands, cfg.explain, d, reference_image(cfg), cfg.seed, progress=progress
     )

@@ -37,3 +37,9 @@ def test_make_benchmark_command(tmp_path, capsys):
     assert main(["data", "make-benchmark", f"--set=data.root={root}", *sizes]) == 0
     assert (root / "annotations" / "val.json").is_file()
     assert '"images": 10' in capsys.readouterr().out
+
+
+def test_explain_before_mine_says_what_to_run(tmp_path, capsys):
+    assert main(["explain", "--output-dir", str(tmp_path / "run")]) == 1
+    assert "run 'e2x mine --split val'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained on the way
