@@ -83,14 +83,19 @@ def _coco_dets(
 def coco_eval(
     dataset: CocoDataset,
     detections: dict[int, Detections],
-    classes: list[str],
+    label_cat: dict[int, int],
     image_ids: list[int] | None = None,
     iou: float = 0.5,
     min_score: float = 0.0,
 ) -> COCOeval:
-    """Run COCOeval (bbox, one IoU threshold, all areas, 100 detections) and return it."""
+    """Run COCOeval (bbox, one IoU threshold, all areas) and return it.
+
+    ``label_cat`` maps model labels to category ids (:func:`label_to_category`). Every detection
+    counts (maxDets is raised above COCO's 100 when an image has more), so AP is that of the whole
+    low-threshold output.
+    """
     ids = image_ids if image_ids is not None else dataset.image_ids
-    l2c = label_to_category(classes, dataset)
+    l2c = label_cat
     gt = _coco_gt(dataset, ids)
     dets = _coco_dets(detections, ids, l2c, min_score)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -107,7 +112,8 @@ def coco_eval(
         ev.params.iouThrs = np.array([iou])
         ev.params.areaRng = [ev.params.areaRng[0]]
         ev.params.areaRngLbl = ["all"]
-        ev.params.maxDets = [100]
+        per_image = [len(detections[i]) for i in ids if i in detections]
+        ev.params.maxDets = [max([100, *per_image])]
         ev.evaluate()
         ev.accumulate()
     return ev
@@ -156,18 +162,19 @@ def evaluate_detector_outputs(
     causes = causes or []
     cause_images = {c["image_id"] for c in causes}
     clean_ids = [i for i in dataset.image_ids if i not in cause_images]
-    map_all, ap_per_cat = average_precision(coco_eval(dataset, detections, classes, iou=iou))
+    l2c = label_to_category(classes, dataset)
+    map_all, ap_per_cat = average_precision(coco_eval(dataset, detections, l2c, iou=iou))
     result: dict = {
         "images": len(dataset.images),
         "map50": map_all,
         "ap50_per_class": {dataset.categories[c]: v for c, v in ap_per_cat.items()},
     }
     if causes:
-        map_clean, _ = average_precision(coco_eval(dataset, detections, classes, clean_ids, iou))
+        map_clean, _ = average_precision(coco_eval(dataset, detections, l2c, clean_ids, iou))
         result["map50_clean"] = map_clean
         result["clean_images"] = len(clean_ids)
     matched = matched_gt_ids(
-        coco_eval(dataset, detections, classes, iou=iou, min_score=operating_threshold)
+        coco_eval(dataset, detections, l2c, iou=iou, min_score=operating_threshold)
     )
     cause_of_ann = {c["annotation_id"]: c["cause"] for c in causes if c["annotation_id"]}
     hits: dict[str, list[bool]] = defaultdict(list)

@@ -59,23 +59,3 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def tree_hash(paths: list[Path]) -> str:
-    """Hash of several files' names and contents, order-independent in the given list."""
-    h = hashlib.sha256()
-    for p in sorted(paths, key=str):
-        h.update(str(p.name).encode())
-        h.update(file_hash(p).encode())
-    return h.hexdigest()[:16]
-
-
-def resolve_inside(root: str | Path, candidate: str | Path) -> Path:
-    """Resolve ``candidate`` under ``root`` and refuse paths that escape it (``..``, links)."""
-    root_r = Path(root).resolve()
-    target = (root_r / candidate).resolve()
-    if target != root_r and root_r not in target.parents:
-        raise ValueError(
-            f"path {candidate} escapes the output folder {root_r}; give a path inside it"
-        )
-    return target

@@ -97,7 +97,6 @@ is bad is left out whole: mining it with incomplete GT would invent false positi
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +111,7 @@ from torchvision.ops import box_iou
 from .config import MiningConfig
 from .data.coco import CocoDataset, DatasetError
 from .detectors.base import DenseOutput, Detections, Detector
+from .evaluation import average_precision, coco_eval
 from .inference import iter_image_batches
 from .io_utils import write_json, write_table
 
@@ -704,74 +704,8 @@ def coco_ap50(
 ) -> dict[int, float | None]:
     """AP at IoU 0.5 per category id from pycocotools ``COCOeval`` (101-point interpolated
     precision, COCO's definition) on the same low-threshold detections. None: no GT of it."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    keep = set(image_ids)
-    gt = {
-        "images": [
-            {
-                "id": i,
-                **{k: dataset.images[i][k] for k in ("width", "height") if k in dataset.images[i]},
-            }
-            for i in image_ids
-        ],
-        "annotations": [
-            {
-                "id": a["id"],
-                "image_id": i,
-                "category_id": a["category_id"],
-                "bbox": list(a["bbox"]),
-                "area": float(a.get("area") or a["bbox"][2] * a["bbox"][3]),
-                "iscrowd": int(a.get("iscrowd", 0)),
-            }
-            for i in image_ids
-            for a in dataset.annotations.get(i, [])
-        ],
-        "categories": [{"id": c, "name": n} for c, n in dataset.categories.items()],
-    }
-    dts = []
-    max_per_image = 0
-    for i, d in detections.items():
-        if i not in keep:
-            continue
-        max_per_image = max(max_per_image, len(d))
-        for box, score, lab in zip(
-            d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
-        ):
-            x1, y1, x2, y2 = box
-            dts.append(
-                {
-                    "image_id": i,
-                    "category_id": label_cat[int(lab)],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(score),
-                }
-            )
-    has_gt = {a["category_id"] for a in gt["annotations"] if not a["iscrowd"]}
-    if not dts:
-        return {c: (0.0 if c in has_gt else None) for c in dataset.category_ids}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(dts)
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.imgIds = list(image_ids)
-        ev.params.iouThrs = np.array([0.5])
-        # all detections count, so AP is that of the whole low-threshold output
-        ev.params.maxDets = [max(100, max_per_image)]
-        # one area range ("all"): the per-size ranges were 3/4 of mining's overhead (measured)
-        ev.params.areaRng = [ev.params.areaRng[0]]
-        ev.params.areaRngLbl = ["all"]
-        ev.evaluate()
-        ev.accumulate()
-    prec = ev.eval["precision"]  # [T, R, K, A, M]
-    out: dict[int, float | None] = {}
-    for k, cid in enumerate(ev.params.catIds):
-        p = prec[0, :, k, 0, -1]
-        out[int(cid)] = float(p[p > -1].mean()) if (p > -1).any() and cid in has_gt else None
-    return out
+    _, per_cat = average_precision(coco_eval(dataset, detections, label_cat, list(image_ids)))
+    return {c: (None if np.isnan(v) else v) for c, v in per_cat.items()}
 
 
 def compute_metrics(

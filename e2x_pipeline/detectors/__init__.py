@@ -8,7 +8,6 @@ state_dict, or a user's ``module:function`` entry point.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 from ..config import ModelConfig
 from .base import DenseOutput, Detections, Detector, Target
@@ -26,17 +25,17 @@ __all__ = [
     "load_checkpoint",
 ]
 
-# arch name -> (module in this package, builder function, Detector class)
+# arch name -> (module with its ``build`` function, module with its Detector class, class name)
 FAMILIES: dict[str, tuple[str, str, str]] = {
-    "compact_ssd": ("compact_ssd", "build", "SSDDetector"),
-    "ssd300_vgg16": ("ssd", "build", "SSDDetector"),
-    "ssdlite320_mobilenet_v3_large": ("ssd", "build", "SSDDetector"),
-    "retinanet_resnet50_fpn": ("retinanet", "build", "RetinaNetDetector"),
-    "retinanet_resnet50_fpn_v2": ("retinanet", "build", "RetinaNetDetector"),
-    "fcos_resnet50_fpn": ("fcos", "build", "FCOSDetector"),
-    "fasterrcnn_resnet50_fpn": ("faster_rcnn", "build", "FasterRCNNDetector"),
-    "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", "build", "FasterRCNNDetector"),
-    "fasterrcnn_mobilenet_v3_large_fpn": ("faster_rcnn", "build", "FasterRCNNDetector"),
+    "compact_ssd": ("compact_ssd", "ssd", "SSDDetector"),
+    "ssd300_vgg16": ("ssd", "ssd", "SSDDetector"),
+    "ssdlite320_mobilenet_v3_large": ("ssd", "ssd", "SSDDetector"),
+    "retinanet_resnet50_fpn": ("retinanet", "retinanet", "RetinaNetDetector"),
+    "retinanet_resnet50_fpn_v2": ("retinanet", "retinanet", "RetinaNetDetector"),
+    "fcos_resnet50_fpn": ("fcos", "fcos", "FCOSDetector"),
+    "fasterrcnn_resnet50_fpn": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
+    "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
 }
 
 
@@ -50,20 +49,12 @@ def build_detector(
     """A Detector of family ``arch`` for ``classes`` (``classes[0]`` is the background)."""
     if arch not in FAMILIES:
         raise ValueError(f"unknown model.arch {arch!r}; choose one of {sorted(FAMILIES)} or custom")
-    mod_name, builder, cls_name = FAMILIES[arch]
-    mod = importlib.import_module(f"{__name__}.{mod_name}")
-    model = getattr(mod, builder)(arch, len(classes), image_size, weights)
-    det_cls = getattr(importlib.import_module(f"{__name__}.{_adapter_module(cls_name)}"), cls_name)
+    build_mod, det_mod, cls_name = FAMILIES[arch]
+    model = importlib.import_module(f"{__name__}.{build_mod}").build(
+        arch, len(classes), image_size, weights
+    )
+    det_cls = getattr(importlib.import_module(f"{__name__}.{det_mod}"), cls_name)
     return det_cls(model, classes, device)
-
-
-def _adapter_module(cls_name: str) -> str:
-    return {
-        "SSDDetector": "ssd",
-        "RetinaNetDetector": "retinanet",
-        "FCOSDetector": "fcos",
-        "FasterRCNNDetector": "faster_rcnn",
-    }[cls_name]
 
 
 def load_detector(
@@ -114,9 +105,5 @@ def load_detector(
                 "trained for another architecture or class count"
             )
         det.model.to(device).eval()
-    det.meta = meta  # type: ignore[attr-defined]
+    det.meta = meta
     return det
-
-
-def checkpoint_path(cfg: ModelConfig) -> Path | None:
-    return cfg.checkpoint

@@ -83,6 +83,7 @@ class Detector(ABC):
         self.model = model.to(device).eval()
         self.classes = list(classes)
         self.device = torch.device(device)
+        self.meta: dict = {}  # checkpoint metadata, when loaded from one
 
     @property
     def num_classes(self) -> int:
@@ -120,6 +121,3 @@ class Detector(ABC):
             lab = torch.tensor([t.label for t in targets], device=d.scores.device)
             return d.scores[:, cand, lab]
         return d.boxes[:, cand, BOX_COORDS[output]]
-
-    def checkpoint_meta(self) -> dict:
-        return {"family": self.family, "classes": self.classes}
