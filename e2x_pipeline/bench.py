@@ -83,7 +83,7 @@ def bench_train(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
     return result
 
 
-def bench_mine(cfg: E2XConfig, out_dir: Path, progress: bool = True, repeats: int = 3) -> dict:
+def bench_mine(cfg: E2XConfig, out_dir: Path, progress: bool = True, repeats: int = 7) -> dict:
     """Mining cost against plain batched inference over the same images (target <= 1.1x).
 
     Both run on the eval split with the same detector, batch size and low threshold. Runs are
