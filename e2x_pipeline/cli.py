@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import ConfigError, E2XConfig, load_config
 from .env import set_offline_defaults
+from .locking import run_lock
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -79,17 +80,19 @@ def _detector(cfg: E2XConfig, progress: bool):
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from .mining import format_metrics
-    from .stages import mine_stage, publish_stage, split_dir
-
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
-    result = mine_stage(cfg, _detector(cfg, not args.no_progress), split)
-    print(format_metrics(result.metrics))
-    print(f"tables written to {split_dir(cfg, split)}")
-    if not args.no_fiftyone:
-        name = publish_stage(cfg, split)
-        print(f"FiftyOne dataset '{name}', saved view 'e2x-failures'")
+    with run_lock(cfg.output_dir):  # one run per output folder, from training to publishing
+        from .mining import format_metrics  # the heavy imports after the lock: fail fast
+        from .stages import mine_stage, publish_stage, split_dir
+
+        split_dir(cfg, split)  # a split name leading out of output_dir fails before any work
+        result = mine_stage(cfg, _detector(cfg, not args.no_progress), split)
+        print(format_metrics(result.metrics))
+        print(f"tables written to {split_dir(cfg, split)}")
+        if not args.no_fiftyone:
+            name = publish_stage(cfg, split)
+            print(f"FiftyOne dataset '{name}', saved view 'e2x-failures'")
     return 0
 
 
@@ -99,13 +102,101 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
     candidates_table(cfg, split)  # fail before any training when mining has not run
-    table = explain_stage(cfg, _detector(cfg, not args.no_progress), split, not args.no_progress)
+    with run_lock(cfg.output_dir):
+        det = _detector(cfg, not args.no_progress)
+        table = explain_stage(cfg, det, split, not args.no_progress)
+        overlays = overlay_stage(cfg, split)
     print(table.groupby(["method", "valid"]).size().to_string())
-    overlays = overlay_stage(cfg, split)
     print(
         f"explanations: {split_dir(cfg, split) / 'explanations.parquet'}; "
         f"{len(overlays)} overlays in {split_dir(cfg, split) / 'overlays'}"
     )
+    return 0
+
+
+def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
+    from .metrics.stage import SUMMARY, TABLE, evaluate_explanations_stage, format_summary
+    from .stages import split_dir
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    d = split_dir(cfg, split)
+    if not (d / "explanations.parquet").is_file():  # fail before any training
+        raise FileNotFoundError(
+            f"no explanations table at {d / 'explanations.parquet'}; run 'e2x explain --split "
+            f"{split}' with the same output_dir first"
+        )
+    det = None if args.no_model else _detector(cfg, not args.no_progress)
+    _, summary = evaluate_explanations_stage(cfg, det, split, not args.no_progress)
+    print(format_summary(summary))
+    print(f"metrics written to {d / TABLE} and {d / SUMMARY}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster import format_modes
+    from .stages import candidates_table, cluster_stage, publish_failures_stage, split_dir
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    candidates_table(cfg, split)  # fail before any training when mining has not run
+    with run_lock(cfg.output_dir):
+        result = cluster_stage(
+            cfg, _detector(cfg, not args.no_progress), split, not args.no_progress
+        )
+        print(format_modes(result.modes, result.metrics))
+        d = split_dir(cfg, split)
+        print(
+            f"tables: {d / 'features.parquet'}, {d / 'failure_modes.parquet'}; "
+            f"crops in {d / 'modes'}"
+        )
+        if not args.no_fiftyone:
+            name = publish_failures_stage(cfg, split)
+            print(f"FiftyOne dataset '{name}': views 'e2x-failures' and 'e2x-mode-<k>'")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from .repair import format_repair
+    from .stages import publish_repair_stage, repair_stage, split_dir
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    if not (split_dir(cfg, split) / "failure_modes.parquet").is_file():
+        raise FileNotFoundError(
+            f"no failure modes in {split_dir(cfg, split)}; run 'e2x cluster --split {split}' first"
+        )
+    with run_lock(cfg.output_dir):
+        result = repair_stage(
+            cfg, _detector(cfg, not args.no_progress), split, not args.no_progress
+        )
+        print(format_repair(result.metrics))
+        print(f"repair set: {split_dir(cfg, split) / 'repair_set.parquet'}")
+        if not args.no_fiftyone:
+            name = publish_repair_stage(cfg, split)
+            print(f"FiftyOne dataset '{name}', saved view 'e2x-repair'")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .stages import export_stage
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    with run_lock(cfg.output_dir):
+        out, n = export_stage(cfg, split, args.name)
+    print(f"exported {n} repair-set images as COCO to {out} (labels.json + data/)")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from . import fiftyone_io
+    from .stages import fiftyone_names
+
+    cfg = _config(args)
+    names = fiftyone_names(cfg, args.split or cfg.data.eval_split)
+    dataset = names["pool"] if args.view == "e2x-repair" else names["failures"]
+    fiftyone_io.launch_app(dataset, args.view, args.address, args.port, wait=True)
     return 0
 
 
@@ -121,7 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     fn = getattr(bench, f"bench_{args.bench_name.replace('-', '_')}")
-    result = fn(cfg, args.out, progress=not args.no_progress)
+    extra = {"full": True} if getattr(args, "full", False) else {}
+    result = fn(cfg, args.out, progress=not args.no_progress, **extra)
     print(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, indent=2, default=str))
     print(f"results written to {args.out}/{args.bench_name}.json and .md")
     return 0
@@ -201,6 +293,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split whose candidates to explain (default: data.eval_split)")
     p.set_defaults(func=cmd_explain)
 
+    p = sub.add_parser(
+        "evaluate-explanations",
+        help="fidelity metrics of a run's explanations",
+        description="Pointing game and energy against the planted cause (GT box when there is "
+        "none), deletion/insertion AUC with the D-RISE score, rho between methods and, with "
+        "metrics.sanity, rho after randomising the detector. Writes "
+        "<output_dir>/<split>/explanation_metrics.parquet and explanation_metrics.json.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose explanations to measure (default: eval_split)")
+    p.add_argument(
+        "--no-model",
+        action="store_true",
+        help="skip the metrics that run the detector (deletion/insertion, sanity)",
+    )
+    p.set_defaults(func=cmd_evaluate_explanations)
+
+    p = sub.add_parser(
+        "cluster",
+        help="cluster failing features into failure modes",
+        description="Take the failing superpixels of every explained failure (FN: strongest "
+        "negative attribution; FP: strongest positive), embed them with the detector's backbone "
+        "and cluster them into failure modes. Writes features.parquet, failure_modes.parquet, "
+        "cluster.json and modes/*.png, and the FiftyOne dataset <name>-failures with fo.Heatmap "
+        "fields and the views 'e2x-failures' and 'e2x-mode-<k>'.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose explanations to cluster (default: data.eval_split)")
+    p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser(
+        "repair",
+        help="select pool images that carry the failure modes (the repair set)",
+        description="Embed every superpixel of the pool images like the failing features, index "
+        "them (scikit-learn nearest neighbours), rank pool images per failure mode and select "
+        "repair.budget of them. Writes repair_set.parquet and repair.json, and the FiftyOne view "
+        "'e2x-repair' on the pool's dataset.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose failure modes to repair (default: data.eval_split)")
+    p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
+    p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser(
+        "export",
+        help="export the repair set as a COCO dataset",
+        description="Export the FiftyOne view 'e2x-repair' with FiftyOne's COCO exporter to "
+        "<output_dir>/export/<name> (labels.json + data/). Labels are filled from "
+        "repair.pool_labels (default: the benchmark's pool_labels.json) where the pool has them.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose repair set to export (default: data.eval_split)")
+    p.add_argument(
+        "--name",
+        default="repair-set",
+        help="export folder name under <output_dir>/export (may not lead outside it)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "app",
+        help="open the FiftyOne App on a saved view",
+        description="Launch the FiftyOne App on 127.0.0.1 (unless --address says otherwise) "
+        "showing a saved view: e2x-failures, e2x-mode-<k> or e2x-repair. Stop with Ctrl-C.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split (default: data.eval_split)")
+    p.add_argument("--view", default="e2x-failures", help="saved view to open")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind the App to")
+    p.add_argument("--port", type=int, default=5151, help="port of the App")
+    p.set_defaults(func=cmd_app)
+
     bench = sub.add_parser("bench", help="measured benchmarks, written to reports/bench/")
     bsub = bench.add_subparsers(dest="bench_name", metavar="BENCHMARK", required=True)
     for name, text in BENCHMARKS.items():
@@ -212,11 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=Path("reports/bench"),
             help="folder for <name>.json and <name>.md",
         )
+        if name == "explain":
+            p.add_argument(
+                "--full",
+                action="store_true",
+                help="the paper's size: 36 detections on 18 images, paper-setting references "
+                "for all (hours on 2 CPU cores; use a GPU)",
+            )
         p.set_defaults(func=cmd_bench)
     return parser
 
 
 BENCHMARKS = {
+    "explain": "explanation speed and fidelity of E2X against LIME, PDA, IG and D-RISE, as the "
+    "E2X paper's Fig. 2 (rho vs speed), with deletion/insertion, cause hit rate and sanity rho",
     "mine": "mining cost against plain batched inference on the same images (target <= 1.1x)",
     "train": "train the detector from scratch and check the foundation's targets "
     "(clean mAP@0.5 >= 0.8, planted-cause recall <= 0.5, training <= 5 min)",
@@ -232,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"e2x: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OSError) as err:
+        # OSError: unreadable/unwritable paths, a locked output folder, FiftyOne's database
         print(f"e2x: error: {err}", file=sys.stderr)
         return 1
 

@@ -125,6 +125,60 @@ class ExplainConfig(_Section):
     max_candidates: int | None = Field(None, ge=1)
 
 
+class MetricsConfig(_Section):
+    """Explanation metrics (e2x_pipeline/metrics/; ``e2x evaluate-explanations``)."""
+
+    steps: int = Field(32, ge=1)
+    """Deletion / insertion steps (D-RISE similarity score after each)."""
+    deletion_baseline: Literal["zeros", "blur", "mean"] = "zeros"
+    insertion_baseline: Literal["zeros", "blur", "mean"] = "blur"
+    class_vector: Literal["onehot", "detection"] = "onehot"
+    min_overlap: float = Field(0.5, gt=0, le=1)
+    """Pointing game: share of the pointed superpixel that must lie in the region."""
+    batch_size: int = Field(256, ge=1)
+    sanity: bool = False
+    """Also re-explain with a fully randomised detector and report rho (Adebayo et al. 2018)."""
+    reference_lime_segments: int = Field(1000, ge=2)
+    reference_lime_samples: int = Field(10000, ge=2)
+    reference_pda_samples: int = Field(10, ge=1)
+    """The paper's references (LIME 1000 segments K=10000; conditional PDA) for the bench."""
+
+
+class ClusterConfig(_Section):
+    """Failing features and failure modes (e2x_pipeline/cluster.py)."""
+
+    explain_method: Literal["e2x", "lime", "pda", "ig", "drise"] = "e2x"
+    fraction: float = Field(0.3, gt=0, le=1)
+    """A superpixel is a failing feature when its failing-sign value >= fraction * max |value|."""
+    max_per_candidate: int = Field(3, ge=1)
+    levels: list[int] | None = Field(default_factory=lambda: [0])
+    """Backbone levels to embed regions with (0 = finest); null = all (measured: [0] is best)."""
+    appearance: bool = True
+    """Append the region's CIE-Lab mean and std to the backbone embedding."""
+    appearance_weight: float = Field(0.5, ge=0)
+    method: Literal["kmeans", "agglomerative", "hdbscan"] = "kmeans"
+    max_modes: int = Field(8, ge=1)
+    """Upper bound of failure modes per outcome (fn, fp); the count is chosen by silhouette."""
+    min_mode_size: int = Field(5, ge=2)
+    representatives: int = Field(6, ge=1)
+
+
+class RepairConfig(_Section):
+    """Matching pool images to failure modes (e2x_pipeline/repair.py)."""
+
+    pool_split: str = "pool"
+    budget: int = Field(30, ge=1)
+    """Pool images to select in total (the labelling budget)."""
+    allocation: Literal["proportional", "even"] = "proportional"
+    neighbours: int = Field(50, ge=1)
+    """Nearest pool regions retrieved per failing feature."""
+    pool_labels: Path | None = None
+    """COCO labels revealed for selected pool images (default: the benchmark's pool_labels.json)."""
+    fiftyone_dataset: str | None = None
+    """FiftyOne dataset for the pool (default: e2x-<pool_split>)."""
+    batch_size: int = Field(64, ge=1)
+
+
 class E2XConfig(_Section):
     seed: int = 0
     device: str = "auto"
@@ -135,6 +189,9 @@ class E2XConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mining: MiningConfig = Field(default_factory=MiningConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    repair: RepairConfig = Field(default_factory=RepairConfig)
 
     @field_validator("device")
     @classmethod

@@ -22,3 +22,5 @@ def set_offline_defaults(home: Path | None = None) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The App and the bundled mongod listen on loopback only unless the user says otherwise.
     os.environ.setdefault("FIFTYONE_DEFAULT_APP_ADDRESS", "127.0.0.1")
+    # So does a Prefect server started from here (Prefect's own default, made explicit).
+    os.environ.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")

@@ -22,6 +22,8 @@ to start one.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,10 @@ _START_MONGOD = (
 )
 
 
-class FiftyOneUnavailable(RuntimeError):
-    """FiftyOne's database cannot be reached; the message says how to start one."""
+class FiftyOneUnavailable(ConnectionError):
+    """FiftyOne's database cannot be reached; the message says how to start one.
+
+    A ConnectionError (an OSError), so the ``e2x`` command reports it as a one-line error."""
 
 
 class FiftyOneSchemaError(ValueError):
@@ -52,7 +56,6 @@ class FiftyOneSchemaError(ValueError):
 
 def _fo() -> Any:
     """Import fiftyone and make sure its database answers."""
-    import os
 
     try:
         import fiftyone as fo
@@ -79,7 +82,8 @@ def _check_field(ds: Any, name: str, label_type: Any) -> None:
         kind = getattr(f, "document_type", type(f)).__name__
         raise FiftyOneSchemaError(
             f"FiftyOne dataset {ds.name!r} already has a field {name!r} of type {kind}, not "
-            f"{label_type.__name__}; use another dataset name or field, or delete the dataset "
+            f"{label_type.__name__}; it was made by another tool or version. Set "
+            "data.fiftyone_dataset to another name, or delete the dataset "
             f"(fiftyone.delete_dataset({ds.name!r}))"
         )
 
@@ -106,8 +110,9 @@ def open_coco_dataset(
         if "image_id" in schema and not isinstance(schema["image_id"], fof.IntField):
             raise FiftyOneSchemaError(
                 f"FiftyOne dataset {name!r} has an 'image_id' field of type "
-                f"{type(schema['image_id']).__name__}, not int; it was made by another tool. Use "
-                f"another dataset name or delete it (fiftyone.delete_dataset({name!r}))"
+                f"{type(schema['image_id']).__name__}, not int; it was made by another tool. Set "
+                "data.fiftyone_dataset to another name, or delete the dataset "
+                f"(fiftyone.delete_dataset({name!r}))"
             )
         _check_field(ds, gt_field, fo.Detections)
     else:
@@ -333,3 +338,319 @@ def delete_dataset(name: str) -> None:
     fo = _fo()
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
+
+
+# --- failures with heatmaps, failure modes, repair set, export -------------------------------
+
+HEATMAP_FIELD = "{method}_heatmap"
+MODE_VIEW = "e2x-mode-{mode}"
+REPAIR_VIEW = "e2x-repair"
+REPAIR_FIELD = "e2x_repair_region"
+
+
+def _upsert_keyed(ds: Any, key: str, keys: list[str], filepaths: list[str]) -> None:
+    """Make ``ds`` hold exactly one sample per key: add missing ones, delete stale ones."""
+    fo = _fo()
+    import fiftyone.core.fields as fof
+
+    ds.add_sample_field(key, fof.StringField)
+    have = dict(zip(ds.values(key), ds.values("id"), strict=True))
+    stale = [sid for k, sid in have.items() if k not in set(keys)]
+    if stale:
+        ds.delete_samples(stale)
+    new = [
+        fo.Sample(filepath=p, **{key: k})
+        for k, p in zip(keys, filepaths, strict=True)
+        if k not in have
+    ]
+    if new:
+        ds.add_samples(new, progress=False)
+
+
+def _open_or_create(name: str) -> Any:
+    fo = _fo()
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    ds = fo.Dataset(name)
+    ds.persistent = True
+    return ds
+
+
+def publish_failures(
+    name: str,
+    dataset: CocoDataset,
+    candidates: pd.DataFrame,
+    explanations: pd.DataFrame,
+    split_dir: Path,
+    features: pd.DataFrame | None = None,
+    modes: pd.DataFrame | None = None,
+    gt_field: str = GT_FIELD,
+) -> Any:
+    """One sample per explained failure in the dataset ``name``, keyed by ``candidate_id``.
+
+    Fields: ``ground_truth``; ``e2x_candidate`` (the failing box: the detection for an fp, the
+    missed GT box for an fn); ``<method>_heatmap`` (``fo.Heatmap``, range ``[-a, a]`` with ``a``
+    the map's max |value|, one per method that explained it, E2X first); ``e2x_failure_mode``,
+    ``e2x_error_type``, ``e2x_outcome``, ``e2x_score``; ``e2x_features`` (the failing
+    superpixels' boxes, labelled with their mode). Tags: outcome, error type and ``mode-<k>``.
+    Saved views: ``e2x-failures`` (all, by mode then score) and ``e2x-mode-<k>`` per mode.
+    A rerun updates in place; samples of candidates no longer explained are removed.
+    """
+    fo = _fo()
+    import numpy as np
+    from fiftyone import ViewField as F
+
+    from .io_utils import safe_join
+
+    expl = explanations[(explanations["output"] == "score") & explanations["valid"].astype(bool)]
+    cands = candidates.set_index("candidate_id")
+    keys = sorted(set(expl["candidate_id"]) & set(cands.index))
+    paths = [str(Path(cands.loc[k, "image_path"]).resolve()) for k in keys]
+    ds = _open_or_create(name)
+    for field, kind in (
+        (gt_field, fo.Detections),
+        ("e2x_candidate", fo.Detection),
+        ("e2x_features", fo.Detections),
+    ):
+        _check_field(ds, field, kind)
+    _upsert_keyed(ds, "candidate_id", keys, paths)
+    mode_of: dict[str, int] = {}
+    feats_by_cand: dict[str, pd.DataFrame] = {}
+    if features is not None and len(features):
+        for cid, g in features.groupby("candidate_id"):
+            feats_by_cand[cid] = g
+            top = g[g["mode_id"] >= 0]["mode_id"]
+            if len(top):
+                mode_of[cid] = int(top.value_counts().index[0])
+    values: dict[str, dict[str, Any]] = {
+        f: {}
+        for f in (
+            "image_id",
+            gt_field,
+            "e2x_candidate",
+            "e2x_features",
+            "e2x_failure_mode",
+            "e2x_error_type",
+            "e2x_outcome",
+            "e2x_score",
+            "tags",
+        )
+    }
+    heatmaps: dict[str, dict[str, Any]] = {}
+    for k in keys:
+        c = cands.loc[k]
+        im = dataset.images.get(int(c["image_id"]), {})
+        w, h = float(im.get("width") or 1), float(im.get("height") or 1)
+        gts = [
+            fo.Detection(
+                label=dataset.categories.get(a["category_id"]),
+                bounding_box=[
+                    a["bbox"][0] / w,
+                    a["bbox"][1] / h,
+                    a["bbox"][2] / w,
+                    a["bbox"][3] / h,
+                ],
+                coco_id=int(a["id"]),
+            )
+            for a in dataset.annotations.get(int(c["image_id"]), [])
+        ]
+        prefix = "gt" if c["outcome"] == "fn" else "box"
+        box = [float(c[f"{prefix}_{s}"]) for s in ("x1", "y1", "x2", "y2")]
+        score = None if pd.isna(c["score"]) else float(c["score"])
+        values["image_id"][k] = int(c["image_id"])
+        values[gt_field][k] = fo.Detections(detections=gts)
+        values["e2x_candidate"][k] = fo.Detection(
+            label=c["category"],
+            bounding_box=_rel(box, w, h),
+            confidence=score,
+            outcome=c["outcome"],
+            error_type=c["error_type"],
+            cause=c["cause"] if isinstance(c["cause"], str) else None,
+        )
+        mode = mode_of.get(k)
+        fdets = []
+        for f in feats_by_cand.get(k, pd.DataFrame()).itertuples():
+            fdets.append(
+                fo.Detection(
+                    label=f"mode-{int(f.mode_id)}" if f.mode_id >= 0 else "unassigned",
+                    bounding_box=_rel([f.x1, f.y1, f.x2, f.y2], w, h),
+                    attribution=float(f.value),
+                    segment=int(f.segment),
+                )
+            )
+        values["e2x_features"][k] = fo.Detections(detections=fdets)
+        values["e2x_failure_mode"][k] = mode
+        values["e2x_error_type"][k] = c["error_type"]
+        values["e2x_outcome"][k] = c["outcome"]
+        values["e2x_score"][k] = score
+        values["tags"][k] = [c["outcome"], c["error_type"]] + (
+            [f"mode-{mode}"] if mode is not None else []
+        )
+    for r in expl[expl["candidate_id"].isin(keys)].itertuples():
+        with np.load(safe_join(split_dir, r.map_file), allow_pickle=False) as maps:
+            m = maps[r.map_key].astype(np.float32)
+        a = float(np.nanmax(np.abs(m))) or 1.0
+        field = HEATMAP_FIELD.format(method=r.method)
+        heatmaps.setdefault(field, {})[r.candidate_id] = fo.Heatmap(map=m, range=[-a, a])
+    for field, vals in values.items():
+        if field == "tags":
+            continue
+        ds.set_values(field, vals, key_field="candidate_id")
+    for field in sorted(heatmaps, key=lambda f: (f != "e2x_heatmap", f)):
+        _check_field(ds, field, fo.Heatmap)
+        vals = {k: heatmaps[field].get(k) for k in keys}
+        ds.set_values(field, vals, key_field="candidate_id")
+    ds.set_values("tags", values["tags"], key_field="candidate_id")
+    ds.save_view(FAILURES_VIEW, ds.sort_by("e2x_score", reverse=True), overwrite=True)
+    wanted = set()
+    if modes is not None:
+        for m in modes["mode_id"]:
+            view_name = MODE_VIEW.format(mode=int(m))
+            wanted.add(view_name)
+            view = ds.match(F("e2x_failure_mode") == int(m)).sort_by("e2x_score", reverse=True)
+            ds.save_view(view_name, view, overwrite=True)
+    for v in ds.list_saved_views():
+        if v.startswith("e2x-mode-") and v not in wanted:
+            ds.delete_saved_view(v)
+    return ds
+
+
+def publish_repair(
+    name: str,
+    pool: CocoDataset,
+    repair_set: pd.DataFrame,
+    gt_field: str = GT_FIELD,
+) -> Any:
+    """Write the repair set onto the pool's dataset and save the view ``e2x-repair``.
+
+    Every pool sample gets ``e2x_failure_mode``, ``e2x_score`` and ``e2x_repair_rank`` (None when
+    not selected) and ``e2x_repair_region`` (the matching superpixel's box, labelled
+    ``mode-<k>``, confidence = match score). The view holds the selected samples, best match
+    first. A rerun replaces the previous selection in place.
+    """
+    fo = _fo()
+    from fiftyone import ViewField as F
+
+    ds = open_coco_dataset(name, pool, gt_field)
+    _check_field(ds, REPAIR_FIELD, fo.Detections)
+    paths = _paths(ds)
+    chosen = {int(r.image_id): r for r in repair_set.itertuples()}
+    mode, score, rank, region = {}, {}, {}, {}
+    for image_id, path in paths.items():
+        r = chosen.get(image_id)
+        im = pool.images.get(image_id, {})
+        w, h = float(im.get("width") or 1), float(im.get("height") or 1)
+        mode[path] = int(r.mode_id) if r is not None else None
+        score[path] = float(r.score) if r is not None else None
+        rank[path] = int(r.rank) if r is not None else None
+        region[path] = (
+            fo.Detections(
+                detections=[
+                    fo.Detection(
+                        label=f"mode-{int(r.mode_id)}",
+                        bounding_box=_rel([r.x1, r.y1, r.x2, r.y2], w, h),
+                        confidence=float(r.score),
+                        segment=int(r.segment),
+                    )
+                ]
+            )
+            if r is not None
+            else None
+        )
+    ds.set_values("e2x_failure_mode", mode, key_field="filepath")
+    ds.set_values("e2x_score", score, key_field="filepath")
+    ds.set_values("e2x_repair_rank", rank, key_field="filepath")
+    ds.set_values(REPAIR_FIELD, region, key_field="filepath")
+    view = ds.match(F("e2x_repair_rank") != None).sort_by("e2x_repair_rank")  # noqa: E711
+    ds.save_view(REPAIR_VIEW, view, overwrite=True)
+    return ds
+
+
+def export_repair(
+    name: str,
+    export_dir: Path,
+    labels: CocoDataset | None = None,
+    label_field: str = "e2x_labels",
+) -> int:
+    """Export the ``e2x-repair`` view as a COCO detection dataset with FiftyOne's exporter.
+
+    With ``labels`` (the pool's labels, e.g. the benchmark's pool_labels.json) each selected
+    sample's ``label_field`` is filled from it first; without, the export lists the images with
+    no annotations, ready for labelling. Images are copied under ``export_dir/data``. Returns the
+    number of images exported.
+    """
+    fo = _fo()
+    if not fo.dataset_exists(name) or REPAIR_VIEW not in fo.load_dataset(name).list_saved_views():
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} has no saved view {REPAIR_VIEW!r}; run 'e2x repair' first"
+        )
+    ds = fo.load_dataset(name)
+    _check_field(ds, label_field, fo.Detections)
+    view = ds.load_saved_view(REPAIR_VIEW)
+    if labels is not None:
+        by_name = {im["file_name"]: i for i, im in labels.images.items()}
+        values = {}
+        for sid, path in zip(view.values("id"), view.values("filepath"), strict=True):
+            image_id = by_name.get(Path(path).name)
+            dets = []
+            if image_id is not None:
+                im = labels.images[image_id]
+                w, h = float(im.get("width") or 1), float(im.get("height") or 1)
+                for a in labels.annotations.get(image_id, []):
+                    x, y, bw, bh = (float(v) for v in a["bbox"])
+                    dets.append(
+                        fo.Detection(
+                            label=labels.categories[a["category_id"]],
+                            bounding_box=[x / w, y / h, bw / w, bh / h],
+                            iscrowd=int(a.get("iscrowd", 0)),
+                        )
+                    )
+            values[sid] = fo.Detections(detections=dets)
+        ds.set_values(label_field, values, key_field="id")
+        view = ds.load_saved_view(REPAIR_VIEW)
+    else:
+        ds.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    classes = sorted(labels.categories.values()) if labels is not None else None
+    # export beside the target, then swap it in: a crash never leaves half an export
+    export_dir = Path(export_dir)
+    tmp = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    view.export(
+        export_dir=str(tmp),
+        dataset_type=fo.types.COCODetectionDataset,
+        label_field=label_field,
+        classes=classes,
+        export_media=True,
+        progress=False,
+    )
+    old = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.old")
+    if export_dir.exists():
+        export_dir.rename(old)
+    tmp.rename(export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return len(view)
+
+
+def launch_app(
+    name: str, view: str | None, address: str = "127.0.0.1", port: int = 5151, wait: bool = True
+) -> Any:
+    """Serve the App for dataset ``name`` (at saved ``view``) on ``address:port``.
+
+    Binds to 127.0.0.1 unless told otherwise. With ``wait`` blocks until interrupted.
+    """
+    fo = _fo()
+    if not fo.dataset_exists(name):
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} does not exist; run 'e2x cluster' or 'e2x repair' first"
+        )
+    ds = fo.load_dataset(name)
+    if view and view not in ds.list_saved_views():
+        raise ValueError(
+            f"dataset {name!r} has no saved view {view!r}; it has {ds.list_saved_views()}"
+        )
+    target = ds.load_saved_view(view) if view else ds
+    session = fo.launch_app(target, address=address, port=port, remote=True, auto=False)
+    print(f"FiftyOne App: http://{address}:{port}/ (dataset {name!r}, view {view!r})")
+    if wait:
+        session.wait(-1)
+    return session

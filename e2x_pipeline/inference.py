@@ -20,7 +20,9 @@ def iter_image_batches(
     """Yield ``(image_ids, [images])`` in batches of equal-size images.
 
     A bad image raises its :class:`DatasetError`, unless ``on_error`` is given: then it is
-    handed the record (to write to a ``rejected`` table) and the image is left out.
+    handed the record (to write to a ``rejected`` table) and the image is left out. An image whose
+    decoded (EXIF-rotated) size differs from its record's ``width``/``height`` is a bad image:
+    its boxes would not fit it.
     """
     ids = image_ids if image_ids is not None else dataset.image_ids
     batch_ids: list[int] = []
@@ -28,6 +30,15 @@ def iter_image_batches(
     for image_id in ids:
         try:
             img = load_image(dataset.image_path(image_id))
+            rec = dataset.images[image_id]
+            want = (rec.get("width"), rec.get("height"))
+            if all(isinstance(v, int) for v in want) and want != (img.shape[2], img.shape[1]):
+                raise DatasetError(
+                    f"image {dataset.image_path(image_id)} is {img.shape[2]}x{img.shape[1]} "
+                    f"(width x height, after EXIF rotation) but {dataset.path} says "
+                    f"{want[0]}x{want[1]}; its boxes would not fit. Re-export the annotations "
+                    "for the displayed orientation, or fix the record"
+                )
         except DatasetError as err:
             if on_error is None:
                 raise

@@ -2,12 +2,18 @@
 
 Every table and report file goes through :func:`atomic_write`: the content is written to a
 temporary file in the same folder and renamed over the target, so a crash mid-write leaves the
-old file intact and a reader never sees half a file.
+old file intact and a reader never sees half a file. The temp file's name carries the writer's pid
+(``.<name>.<pid>.<random>.tmp``); a process killed mid-write (SIGKILL) cannot remove its temp file,
+so the next write of the same target removes temp files whose writer is no longer alive.
+
+:func:`safe_join` joins names that come from data or config (split names, candidate ids, image
+ids) under the output folder and refuses any that would lead out of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -19,12 +25,52 @@ from typing import IO, Any
 import pandas as pd
 
 
+def safe_join(base: str | Path, *parts: str | Path) -> Path:
+    """``base / parts``, refusing a result that leaves ``base`` once resolved.
+
+    ``..`` components, absolute parts and symlinks that lead out of ``base`` raise ValueError
+    naming the path. Returns the joined (unresolved) path.
+    """
+    base = Path(base)
+    target = base.joinpath(*parts)
+    root, resolved = base.resolve(), target.resolve()
+    if resolved != root and not resolved.is_relative_to(root):
+        raise ValueError(
+            f"path {target} leaves the output folder {base} (it resolves to {resolved}); names "
+            "taken from the data or config must stay inside it: no '..', absolute paths or "
+            "symlinks leading out"
+        )
+    return target
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` beside ``path`` left by writers that were killed."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

@@ -91,7 +91,10 @@ Predictions table (``predictions.parquet``, every low-threshold detection, for F
 
 Rejected table (``rejected.parquet``): ``record`` (``image`` | ``annotation``), ``image_id``,
 ``annotation_id`` (-1 for images), ``file_name``, ``path``, ``error``. An image whose annotation
-is bad is left out whole: mining it with incomplete GT would invent false positives.
+is bad is left out whole: mining it with incomplete GT would invent false positives. It holds the
+records ``load_coco(..., on_bad_record="skip")`` left out (``dataset.rejected``) and the images
+that cannot be decoded or whose decoded size differs from their record's width/height. A dataset
+without images is an error; one without annotations is mined (every detection is a ``bkg`` fp).
 """
 
 from __future__ import annotations
@@ -444,7 +447,13 @@ def mine(
     label_cat = {lab: cid for cid, lab in cat_map.items()}
     nm_iou = cfg.iou if near_miss_iou is None else near_miss_iou
     prefix = f"{split}/" if split else ""
-    rejected: list[dict[str, Any]] = []
+    # records load_coco(on_bad_record="skip") already left out, then ours
+    rejected: list[dict[str, Any]] = [dict(r) for r in getattr(dataset, "rejected", [])]
+    if not dataset.images and not rejected:
+        raise DatasetError(
+            f"{dataset.path} lists no images, so there is nothing to mine; check that the "
+            "split's annotation file (data.root or data.splits) is the right export"
+        )
     skip = cfg.on_bad_record == "skip"
 
     def reject(record: str, image_id: int, ann_id: int, error: str) -> None:

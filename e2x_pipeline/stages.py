@@ -21,7 +21,8 @@ from .detectors import load_detector
 from .detectors.base import Detector
 from .evaluation import evaluate_detector_outputs
 from .inference import detect_dataset
-from .io_utils import write_json
+from .io_utils import safe_join, write_json
+from .locking import run_lock
 from .training import train_detector
 
 
@@ -47,7 +48,7 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
 
 def open_split(cfg: E2XConfig, split: str) -> CocoDataset:
     spec = cfg.data.split(split)
-    return load_coco(spec.annotations, spec.images)
+    return load_coco(spec.annotations, spec.images, cfg.mining.on_bad_record)
 
 
 def checkpoint_dir(cfg: E2XConfig) -> Path:
@@ -121,18 +122,20 @@ def _fmt(v: object) -> str:
 
 
 def split_dir(cfg: E2XConfig, split: str) -> Path:
-    """Where one split's stage tables live: ``<output_dir>/<split>/``."""
-    return cfg.output_dir / split
+    """Where one split's stage tables live: ``<output_dir>/<split>/`` (never outside it)."""
+    return safe_join(cfg.output_dir, split)
 
 
 def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
     """Mine FP/FN candidates on ``split``; writes ``<output_dir>/<split>/candidates.parquet``."""
     from .mining import run_mining_stage
 
-    ds = open_split(cfg, split)
-    return run_mining_stage(
-        detector, ds, cfg.mining, split_dir(cfg, split), load_causes(cfg.data.root, split), split
-    )
+    out = split_dir(cfg, split)
+    with run_lock(cfg.output_dir):
+        ds = open_split(cfg, split)
+        return run_mining_stage(
+            detector, ds, cfg.mining, out, load_causes(cfg.data.root, split), split
+        )
 
 
 def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -> str:
@@ -143,13 +146,14 @@ def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -
 
     name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
     d = split_dir(cfg, split)
-    fiftyone_io.publish_mining(
-        name,
-        open_split(cfg, split),
-        pd.read_parquet(d / "candidates.parquet"),
-        pd.read_parquet(d / "predictions.parquet"),
-        load_causes(cfg.data.root, split),
-    )
+    with run_lock(cfg.output_dir):
+        fiftyone_io.publish_mining(
+            name,
+            open_split(cfg, split),
+            pd.read_parquet(d / "candidates.parquet"),
+            pd.read_parquet(d / "predictions.parquet"),
+            load_causes(cfg.data.root, split),
+        )
     return name
 
 
@@ -192,10 +196,11 @@ def explain_stage(
     from .explain.stage import explain_candidates
 
     d = split_dir(cfg, split)
-    cands = failures(pd.read_parquet(candidates_table(cfg, split)), cfg.explain.max_candidates)
-    return explain_candidates(
-        detector, cands, cfg.explain, d, reference_image(cfg), cfg.seed, progress=progress
-    )
+    with run_lock(cfg.output_dir):
+        cands = failures(pd.read_parquet(candidates_table(cfg, split)), cfg.explain.max_candidates)
+        return explain_candidates(
+            detector, cands, cfg.explain, d, reference_image(cfg), cfg.seed, progress=progress
+        )
 
 
 def overlay_stage(cfg: E2XConfig, split: str, method: str = "e2x", limit: int = 24) -> list[Path]:
@@ -211,15 +216,16 @@ def overlay_stage(cfg: E2XConfig, split: str, method: str = "e2x", limit: int = 
     cands = pd.read_parquet(d / "candidates.parquet").set_index("candidate_id")
     rows = table[(table["method"] == method) & (table["output"] == "score") & table["valid"]]
     written = []
-    for _, r in rows.head(limit).iterrows():
-        c = cands.loc[r["candidate_id"]]
-        with np.load(d / r["map_file"]) as maps:
-            pixel_map = maps[r["map_key"]].astype(np.float32)
-        image = load_image(c["image_path"])
-        safe = r["candidate_id"].replace("/", "_")
-        out = d / "overlays" / f"{safe}-{method}.png"
-        _side_by_side(image, render_overlay(image, pixel_map), c, out)
-        written.append(out)
+    with run_lock(cfg.output_dir):
+        for _, r in rows.head(limit).iterrows():
+            c = cands.loc[r["candidate_id"]]
+            with np.load(safe_join(d, r["map_file"]), allow_pickle=False) as maps:
+                pixel_map = maps[r["map_key"]].astype(np.float32)
+            image = load_image(c["image_path"])
+            safe = r["candidate_id"].replace("/", "_")
+            out = safe_join(d, "overlays", f"{safe}-{method}.png")
+            _side_by_side(image, render_overlay(image, pixel_map), c, out)
+            written.append(out)
     return written
 
 
@@ -245,3 +251,105 @@ def _side_by_side(image: torch.Tensor, overlay, cand: pd.Series, out: Path, scal
             draw.rectangle([xyxy[0] + dx, xyxy[1], xyxy[2] + dx, xyxy[3]], outline=colour, width=2)
     with atomic_write(out) as fh:
         pair.save(fh, format="PNG")
+
+
+def cluster_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool = True):
+    """Failing features of the split's explained failures, clustered into failure modes."""
+    from .cluster import run_cluster_stage
+
+    return run_cluster_stage(
+        detector,
+        split_dir(cfg, split),
+        cfg.cluster,
+        load_causes(cfg.data.root, split),
+        cfg.seed,
+        progress,
+    )
+
+
+def repair_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool = True):
+    """Match the split's failure modes to the pool; writes ``<split>/repair_set.parquet``."""
+    from .cluster import embedder_for
+    from .repair import run_repair_stage
+
+    pool = cfg.repair.pool_split
+    return run_repair_stage(
+        detector,
+        split_dir(cfg, split),
+        open_split(cfg, pool),
+        split_dir(cfg, pool),
+        embedder_for(detector, cfg.cluster),
+        cfg.explain,
+        cfg.repair,
+        load_causes(cfg.data.root, pool),
+        progress,
+    )
+
+
+def fiftyone_names(cfg: E2XConfig, split: str) -> dict[str, str]:
+    """The FiftyOne datasets a run writes: the split, its explained failures, and the pool."""
+    base = cfg.data.fiftyone_dataset or f"e2x-{split}"
+    return {
+        "split": base,
+        "failures": f"{base}-failures",
+        "pool": cfg.repair.fiftyone_dataset or f"e2x-{cfg.repair.pool_split}",
+    }
+
+
+def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
+    """Explained failures with their heatmaps and failure modes, as a FiftyOne dataset."""
+    import pandas as pd
+
+    from . import fiftyone_io
+
+    d = split_dir(cfg, split)
+    name = fiftyone_names(cfg, split)["failures"]
+    features = d / "features.parquet"
+    modes = d / "failure_modes.parquet"
+    fiftyone_io.publish_failures(
+        name,
+        open_split(cfg, split),
+        pd.read_parquet(candidates_table(cfg, split)),
+        pd.read_parquet(d / "explanations.parquet"),
+        d,
+        pd.read_parquet(features) if features.is_file() else None,
+        pd.read_parquet(modes) if modes.is_file() else None,
+    )
+    return name
+
+
+def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
+    """The repair set on the pool's FiftyOne dataset, with the saved view ``e2x-repair``."""
+    import pandas as pd
+
+    from . import fiftyone_io
+
+    table = split_dir(cfg, split) / "repair_set.parquet"
+    if not table.is_file():
+        raise FileNotFoundError(f"no repair set at {table}; run 'e2x repair' first")
+    name = fiftyone_names(cfg, split)["pool"]
+    fiftyone_io.publish_repair(name, open_split(cfg, cfg.repair.pool_split), pd.read_parquet(table))
+    return name
+
+
+def pool_labels(cfg: E2XConfig) -> CocoDataset | None:
+    """The pool's labels to reveal on export: ``repair.pool_labels``, else the benchmark's."""
+    path = cfg.repair.pool_labels
+    if path is None:
+        default = cfg.data.root / "annotations" / f"{cfg.repair.pool_split}_labels.json"
+        if not default.is_file():
+            return None
+        path = default
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"repair.pool_labels {path} does not exist; fix the path")
+    return load_coco(path, cfg.data.split(cfg.repair.pool_split).images)
+
+
+def export_stage(cfg: E2XConfig, split: str, name: str = "repair-set") -> tuple[Path, int]:
+    """Export the ``e2x-repair`` view as COCO under ``<output_dir>/export/<name>``."""
+    from . import fiftyone_io
+    from .io_utils import safe_join
+
+    out = safe_join(cfg.output_dir / "export", name)
+    n = fiftyone_io.export_repair(fiftyone_names(cfg, split)["pool"], out, pool_labels(cfg))
+    return out, n

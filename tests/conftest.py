@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +70,9 @@ def fo_db():
                 break
         time.sleep(0.1)
     yield os.environ["FIFTYONE_DATABASE_URI"]
+    if "fiftyone.core.odm.database" in sys.modules:
+        # FiftyOne's atexit cleanup would wait 30 s (server selection) for the stopped mongod
+        sys.modules["fiftyone.core.odm.database"]._disconnect()
     pid = (_DB_DIR / "mongod.pid").read_text().strip()
     subprocess.run(["kill", pid], check=False)
     time.sleep(0.5)

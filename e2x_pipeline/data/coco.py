@@ -1,13 +1,32 @@
 """Reading COCO-format detection datasets, with errors that name the bad record.
 
 :func:`load_coco` validates the JSON (keys, ids, boxes, categories) before anything uses it.
-:func:`load_image` decodes one image to an RGB float tensor in [0, 1]. It applies EXIF rotation and
-converts grayscale, RGBA, 16-bit and palette images.
+A broken file (not JSON, a missing key, bad image or category records, duplicate image or
+category ids) is always an error. A bad annotation (unknown image or category id, a box that is
+not 4 finite numbers, has zero or negative size or lies outside its image by more than 1 px, a
+duplicate annotation id) is an error too, or with ``on_bad_record="skip"`` a row in
+:attr:`CocoDataset.rejected`; its image is then left out whole, since mining it with incomplete
+ground truth would invent false positives. Boxes are never clipped or repaired.
+
+:func:`load_image` decodes one image to an RGB float tensor in [0, 1], by content (the file
+extension is ignored). Choices users could expect otherwise:
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``): labelling tools show, and store
+  boxes for, the displayed orientation; the stage that reads images checks the decoded size
+  against the record's ``width``/``height``;
+* grayscale is repeated to 3 channels; the alpha channel of RGBA/LA images is dropped, not
+  composited; palette and bilevel images go through their palette; 16-bit images (``I;16``) are
+  divided by 65535 (whatever their maximum), 32-bit integer images (``I``) by 65535 when their
+  maximum exceeds 255, else by 255;
+* an image above :data:`MAX_IMAGE_PIXELS` is refused (it is never decoded, nor downscaled, which
+  would change its boxes and the scale the detector sees); a tiny image (even 1x1) is accepted.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +39,10 @@ class DatasetError(ValueError):
     """A dataset file or record that cannot be used. The message names it and says what to do."""
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Images with more pixels are refused (a 8192 x 8192 RGB float tensor is already 805 MB)."""
+
+
 @dataclass
 class CocoDataset:
     """A validated COCO split: images by id, annotations grouped by image, category names."""
@@ -30,6 +53,8 @@ class CocoDataset:
     annotations: dict[int, list[dict]]
     categories: dict[int, str]
     extra: dict = field(default_factory=dict)
+    rejected: list[dict] = field(default_factory=list)
+    """Records skipped with ``on_bad_record="skip"``, as rows of the mining ``rejected`` table."""
 
     @property
     def image_ids(self) -> list[int]:
@@ -43,13 +68,59 @@ class CocoDataset:
         return sorted(self.categories)
 
 
-def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoDataset:
-    """Load and validate a COCO detection JSON. Raises :class:`DatasetError` naming the record."""
+def _is_id(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _annotation_problem(
+    a: object, images: dict[int, dict], categories: dict[int, str], ids: Counter
+) -> str | None:
+    """What is wrong with one annotation record, or None."""
+    if not isinstance(a, dict):
+        return f"is not an object but {type(a).__name__} {a!r:.60}"
+    if not _is_id(a.get("id")):
+        return f"has no integer 'id' (got {a.get('id')!r})"
+    if ids[a["id"]] > 1:
+        return f"has a duplicate annotation id ({ids[a['id']]} records share it)"
+    if not _is_id(a.get("image_id")) or a["image_id"] not in images:
+        return f"refers to unknown image id {a.get('image_id')!r}"
+    if not _is_id(a.get("category_id")) or a["category_id"] not in categories:
+        return f"refers to unknown category id {a.get('category_id')!r}"
+    bbox = a.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        return f"has a bbox that is not [x, y, width, height] finite numbers: {bbox!r}"
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        return f"has a bbox {bbox} with zero or negative size"
+    im = images[a["image_id"]]
+    w, h = im.get("width"), im.get("height")
+    if (
+        _is_number(w)
+        and _is_number(h)
+        and (bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > w + 1 or bbox[1] + bbox[3] > h + 1)
+    ):
+        return f"has a bbox {bbox} that lies outside image {im['file_name']} ({w}x{h})"
+    return None
+
+
+def load_coco(
+    annotations: str | Path, image_dir: str | Path, on_bad_record: str = "error"
+) -> CocoDataset:
+    """Load and validate a COCO detection JSON. Raises :class:`DatasetError` naming the record.
+
+    ``on_bad_record="skip"``: bad annotations (and their images) go to ``dataset.rejected``
+    instead (see the module docstring); a broken file is still an error.
+    """
+    if on_bad_record not in ("error", "skip"):
+        raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
     path = Path(annotations)
     if not path.is_file():
         raise DatasetError(f"annotation file {path} does not exist; check data paths in the config")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(
             f"annotation file {path} is not valid JSON ({exc}); re-export it"
@@ -66,81 +137,118 @@ def load_coco(annotations: str | Path, image_dir: str | Path) -> CocoDataset:
 
     categories: dict[int, str] = {}
     for c in raw["categories"]:
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise DatasetError(f"{path}: category {c!r} needs 'id' and 'name'")
+        if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
+            raise DatasetError(
+                f"{path}: category {c!r:.80} needs an integer 'id' and a string 'name'; fix it"
+            )
         if c["id"] in categories:
-            raise DatasetError(f"{path}: duplicate category id {c['id']}")
-        categories[int(c["id"])] = str(c["name"])
+            raise DatasetError(f"{path}: duplicate category id {c['id']}; category ids must differ")
+        categories[c["id"]] = c["name"]
 
     images: dict[int, dict] = {}
     for im in raw["images"]:
-        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise DatasetError(f"{path}: image record {im!r} needs 'id' and 'file_name'")
-        if im["id"] in images:
-            raise DatasetError(f"{path}: duplicate image id {im['id']} ({im['file_name']})")
-        images[int(im["id"])] = im
-
-    by_image: dict[int, list[dict]] = {i: [] for i in images}
-    seen: set[int] = set()
-    for a in raw["annotations"]:
-        aid = a.get("id")
-        where = f"{path}: annotation {aid}"
-        if aid is None:
-            raise DatasetError(f"{path}: annotation {a!r} has no 'id'")
-        if aid in seen:
-            raise DatasetError(f"{where}: duplicate annotation id")
-        seen.add(aid)
-        if a.get("image_id") not in images:
-            raise DatasetError(f"{where}: refers to unknown image id {a.get('image_id')}")
-        if a.get("category_id") not in categories:
-            raise DatasetError(f"{where}: refers to unknown category id {a.get('category_id')}")
-        bbox = a.get("bbox")
         if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)
-        ):
-            raise DatasetError(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
-        if bbox[2] <= 0 or bbox[3] <= 0:
-            raise DatasetError(f"{where}: bbox {bbox} has zero or negative size; fix or drop it")
-        im = images[a["image_id"]]
-        w, h = im.get("width"), im.get("height")
-        if (
-            w
-            and h
-            and (
-                bbox[0] < -1
-                or bbox[1] < -1
-                or bbox[0] + bbox[2] > w + 1
-                or bbox[1] + bbox[3] > h + 1
-            )
+            not isinstance(im, dict)
+            or not _is_id(im.get("id"))
+            or not isinstance(im.get("file_name"), str)
+            or not im["file_name"]
         ):
             raise DatasetError(
-                f"{where}: bbox {bbox} lies outside image {im['file_name']} ({w}x{h}); fix the box"
+                f"{path}: image record {im!r:.80} needs an integer 'id' and a 'file_name'; fix it"
             )
-        by_image[a["image_id"]].append(a)
+        if im["id"] in images:
+            raise DatasetError(
+                f"{path}: duplicate image id {im['id']} ({images[im['id']]['file_name']} and "
+                f"{im['file_name']}); image ids must differ"
+            )
+        images[im["id"]] = im
+
+    ids = Counter(
+        a["id"] for a in raw["annotations"] if isinstance(a, dict) and _is_id(a.get("id"))
+    )
+    by_image: dict[int, list[dict]] = {i: [] for i in images}
+    rejected: list[dict] = []
+    bad_images: set[int] = set()
+    for a in raw["annotations"]:
+        problem = _annotation_problem(a, images, categories, ids)
+        if problem is None:
+            by_image[a["image_id"]].append(a)
+            continue
+        aid = a.get("id") if isinstance(a, dict) else None
+        msg = f"{path}: annotation {aid} {problem}"
+        if on_bad_record == "error":
+            raise DatasetError(
+                f"{msg}; fix or remove it, or set mining.on_bad_record=skip to leave its image out"
+            )
+        image_id = a.get("image_id") if isinstance(a, dict) else None
+        im = images.get(image_id) if _is_id(image_id) else None
+        if im is not None:
+            bad_images.add(image_id)
+        rejected.append(
+            {
+                "record": "annotation",
+                "image_id": image_id if _is_id(image_id) else -1,
+                "annotation_id": aid if _is_id(aid) else -1,
+                "file_name": im["file_name"] if im else "",
+                "path": str(Path(image_dir) / im["file_name"]) if im else "",
+                "error": msg,
+            }
+        )
+    for image_id in bad_images:
+        del images[image_id], by_image[image_id]
     extra = {k: v for k, v in raw.items() if k not in ("images", "annotations", "categories")}
-    return CocoDataset(path, Path(image_dir), images, by_image, categories, extra)
+    return CocoDataset(path, Path(image_dir), images, by_image, categories, extra, rejected)
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a ``[3, H, W]`` float tensor in [0, 1] (RGB, EXIF-rotated)."""
+    """Decode an image file to a ``[3, H, W]`` float tensor in [0, 1] (RGB, EXIF-rotated).
+
+    Raises :class:`DatasetError` naming the file for a missing, empty, corrupt, truncated or
+    too large (> :data:`MAX_IMAGE_PIXELS`) image. See the module docstring for the conversions.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image {path} does not exist; check the image folder in the config")
     if path.stat().st_size == 0:
         raise DatasetError(f"image {path} is an empty file; re-export it or remove its record")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # we apply our own, lower, limit below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise _TooLarge(im.width, im.height)
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.asarray(im, dtype=np.float32) / 65535.0
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            elif im.mode == "I":
                 arr = np.asarray(im, dtype=np.float32)
-                arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+                arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0), 0.0, 1.0)
                 arr = np.repeat(arr[..., None], 3, axis=2)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except _TooLarge as big:
         raise DatasetError(
-            f"image {path} cannot be decoded ({exc}); it is corrupt or not an image"
+            f"image {path} is {big.width}x{big.height} = {big.width * big.height:,} pixels, above "
+            f"E2X's limit of {MAX_IMAGE_PIXELS:,} (e2x_pipeline.data.coco.MAX_IMAGE_PIXELS); "
+            "downscale it and its boxes, or tile it, before mining"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"image {path} is above E2X's limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}); "
+            "downscale it and its boxes, or tile it, before mining"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(
+            f"image {path} cannot be decoded ({exc}); it is corrupt or not an image. Re-export "
+            "it, or set mining.on_bad_record=skip to leave it out"
         ) from None
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+class _TooLarge(Exception):
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__(f"{width}x{height}")
+        self.width, self.height = width, height

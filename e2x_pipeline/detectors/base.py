@@ -107,6 +107,32 @@ class Detector(ABC):
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
         """Final detections per image, reproducing the family's own post-processing."""
 
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        """The backbone's feature maps ``[B, C_l, h_l, w_l]`` covering the images, finest first.
+
+        Works for every torchvision detector (``model.transform`` then ``model.backbone``). The
+        transform may pad a batch; each map is cropped to the part that covers the image, so a
+        cell's position maps linearly onto the input image. Custom detectors override this.
+        """
+        m = self.model
+        if not (hasattr(m, "transform") and hasattr(m, "backbone")):
+            raise NotImplementedError(
+                f"{type(self).__name__} has no model.transform/model.backbone; override "
+                "feature_maps() to return its backbone features for region embeddings"
+            )
+        images = self._batch(images)
+        image_list, _ = m.transform(list(images))
+        feats = m.backbone(image_list.tensors)
+        feats = [feats] if isinstance(feats, Tensor) else list(feats.values())
+        ph, pw = image_list.tensors.shape[-2:]
+        ih, iw = image_list.image_sizes[0]
+        out = []
+        for f in feats:
+            h = max(1, round(f.shape[-2] * ih / ph))
+            w = max(1, round(f.shape[-1] * iw / pw))
+            out.append(f[..., :h, :w])
+        return out
+
     def target_outputs(
         self, images: Tensor, targets: list[Target], output: TargetOutput = "score"
     ) -> Tensor:

@@ -36,15 +36,24 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # not a refusal: the bytes are not a pickle
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read (UnpicklingError: {exc}); it is truncated or "
+                "not a PyTorch file. Re-download or re-save it"
+            ) from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch's first line suggests weights_only=False; name the refused object instead
+        what = next((ln for ln in lines if "global" in ln.lower()), lines[-1] if lines else "")
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds Python objects, not only weights, and loading"
-            " it could run code (torch.load(weights_only=True) failed: "
-            f"{str(exc).splitlines()[0]}). Re-save it as a state_dict: "
+            f" it could run code ({what}). E2X loads checkpoints with torch.load("
+            "weights_only=True) only. If you trust its source, re-save it as a state_dict: "
             "torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001  torch raises RuntimeError/EOFError/KeyError/...
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({exc}); it is truncated or not a PyTorch file"
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is truncated or "
+            "not a PyTorch file. Re-download or re-save it"
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"], dict(obj.get("meta") or {})

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..config import ExplainConfig
 from ..data.coco import load_image
 from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
-from ..io_utils import atomic_write, write_table
+from ..io_utils import atomic_write, safe_join, write_table
 from .base import Explanation, params_hash
 from .registry import get_explainer
 from .superpixels import slic_segments
@@ -303,7 +303,7 @@ def explain_candidates(
             for exp in exps:
                 arrays[f"{exp.candidate_id}|{method}|{output}"] = _compact(exp.pixel_map)
                 new_rows.append(_row(exp, int(image_id), map_rel, seg_key))
-        _write_maps(out_dir / map_rel, arrays)
+        _write_maps(safe_join(out_dir, map_rel), arrays)
         if time.monotonic() - last_flush > FLUSH_SECONDS:
             flush()
             last_flush = time.monotonic()

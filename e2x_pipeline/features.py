@@ -1,0 +1,191 @@
+"""Failing features and region embeddings: what the cluster and repair stages compare.
+
+A *failing feature* is one superpixel of an explained failure whose attribution has the failing
+sign and is strong (Gudovskiy et al. 2018 proposed mining these, Fig. 3, but never built it):
+
+* for a false negative, ``s = -1``: the superpixels that pushed the missed object's score DOWN
+  (what suppressed the detection);
+* for a false positive, ``s = +1``: the superpixels that pushed the false detection's score UP.
+
+Superpixel ``i`` with attribution ``phi_i`` is a failing feature when
+
+    s * phi_i > 0  and  s * phi_i >= fraction * max_j |phi_j|,
+
+keeping at most ``max_per_candidate`` of them, strongest first.
+
+Every region (a failing feature on an explained image, or any superpixel of a pool image) is
+embedded the same way, by :class:`RegionEmbedder`: the detector's own backbone feature maps,
+mask-pooled over the superpixel, L2-normalised per level and concatenated,
+
+    e_l(R) = sum_u A_l(R)_u f_l[u] / sum_u A_l(R)_u,    e(R) = concat_l e_l(R)/||e_l(R)|| / sqrt(L),
+
+where ``A_l(R)_u`` is the fraction of feature cell ``u`` of level ``l`` covered by region R
+(adaptive average pooling of the region's mask). Using the detector's own features means that two
+regions are close when the DETECTOR sees them alike, which is what a failure mode is about.
+Optionally (``appearance=True``) the CIE-Lab mean and standard deviation of the region's pixels
+are appended, with weight ``appearance_weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from skimage.color import rgb2lab
+from torch import Tensor
+
+from .detectors.base import Detector
+
+FEATURE_COLUMNS = [
+    "feature_id",
+    "candidate_id",
+    "image_id",
+    "image_path",
+    "outcome",
+    "error_type",
+    "label",
+    "category",
+    "segment",
+    "value",
+    "strength",
+    "area",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "cause",
+    "on_cause",
+]
+
+
+def failing_sign(outcome: str) -> int:
+    """``-1`` for a false negative (suppressing evidence), ``+1`` for a false positive."""
+    if outcome == "fn":
+        return -1
+    if outcome == "fp":
+        return 1
+    raise ValueError(f"only fp and fn candidates have failing features, got outcome {outcome!r}")
+
+
+def failing_superpixels(
+    values: np.ndarray, outcome: str, fraction: float = 0.3, max_per_candidate: int = 3
+) -> np.ndarray:
+    """Indices of the failing superpixels of one explanation, strongest first (module formula)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return np.zeros(0, dtype=np.int64)
+    strength = failing_sign(outcome) * values
+    peak = np.abs(values).max()
+    if peak <= 0:
+        return np.zeros(0, dtype=np.int64)
+    keep = np.flatnonzero((strength > 0) & (strength >= fraction * peak))
+    order = np.argsort(-strength[keep], kind="stable")
+    return keep[order][:max_per_candidate]
+
+
+def segment_boxes(segments: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """``[n, 4]`` pixel boxes (x1, y1, x2, y2; x2/y2 exclusive) and ``[n]`` areas of segments."""
+    out = np.zeros((len(ids), 5), dtype=np.float64)
+    for k, s in enumerate(ids):
+        ys, xs = np.nonzero(segments == s)
+        out[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, ys.size)
+    return out
+
+
+def region_cover(segments: np.ndarray, ids: Sequence[int], box: Sequence[float]) -> np.ndarray:
+    """For each segment, the fraction of its pixels inside the box ``(x, y, w, h)``."""
+    x, y, w, h = box
+    ys, xs = np.mgrid[: segments.shape[0], : segments.shape[1]]
+    inside = (xs + 0.5 >= x) & (xs + 0.5 <= x + w) & (ys + 0.5 >= y) & (ys + 0.5 <= y + h)
+    out = np.zeros(len(ids))
+    for k, s in enumerate(ids):
+        mask = segments == s
+        out[k] = inside[mask].mean() if mask.any() else 0.0
+    return out
+
+
+@dataclass
+class RegionEmbedder:
+    """Embeds superpixel regions with a detector's backbone features (module formula).
+
+    ``levels`` picks which backbone outputs to use (default: all). The backbone runs once per
+    batch of images on the detector's device, without gradients.
+    """
+
+    detector: Detector
+    levels: Sequence[int] | None = None
+    appearance: bool = False
+    appearance_weight: float = 0.5
+    batch_size: int = 64
+
+    @torch.no_grad()
+    def _feature_maps(self, images: Tensor) -> list[Tensor]:
+        maps = self.detector.feature_maps(images)
+        if self.levels is not None:
+            maps = [maps[i] for i in self.levels]
+        return maps
+
+    def embed(
+        self, images: Sequence[Tensor], segments: Sequence[np.ndarray], ids: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """Per image, ``[len(ids[b]), D]`` float32 embeddings of the listed segments."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            out += self._embed_batch(list(images[chunk]), list(segments[chunk]), list(ids[chunk]))
+        return out
+
+    def _embed_batch(
+        self, images: list[Tensor], segments: list[np.ndarray], ids: list[Sequence[int]]
+    ) -> list[np.ndarray]:
+        sizes = {tuple(im.shape) for im in images}
+        if len(sizes) == 1:
+            levels = self._feature_maps(torch.stack(images))
+            per_image = [[lv[b : b + 1] for lv in levels] for b in range(len(images))]
+        else:  # mixed sizes: one backbone pass per image
+            per_image = [self._feature_maps(im.unsqueeze(0)) for im in images]
+        out = []
+        for b, (image, seg, wanted) in enumerate(zip(images, segments, ids, strict=True)):
+            wanted = np.asarray(wanted, dtype=np.int64)
+            if wanted.size == 0:
+                out.append(np.zeros((0, self.dim(per_image[b])), dtype=np.float32))
+                continue
+            masks = torch.from_numpy(seg[None] == wanted[:, None, None]).float()
+            masks = masks.to(per_image[b][0].device).unsqueeze(1)  # [n, 1, H, W]
+            parts = []
+            for fmap in per_image[b]:
+                h, w = fmap.shape[-2:]
+                cover = F.adaptive_avg_pool2d(masks, (h, w)).flatten(1)  # [n, h*w]
+                feats = fmap[0].flatten(1)  # [C, h*w]
+                e = cover @ feats.T / cover.sum(1, keepdim=True).clamp_min(1e-12)
+                parts.append(F.normalize(e, dim=1))
+            emb = torch.cat(parts, dim=1) / len(parts) ** 0.5
+            emb_np = emb.cpu().numpy().astype(np.float32)
+            if self.appearance:
+                emb_np = np.concatenate([emb_np, self._appearance(image, seg, wanted)], axis=1)
+            out.append(emb_np)
+        return out
+
+    def dim(self, maps: list[Tensor]) -> int:
+        return sum(int(m.shape[1]) for m in maps) + (6 if self.appearance else 0)
+
+    def _appearance(self, image: Tensor, seg: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """Lab mean and std per region, scaled to roughly unit range, times the weight."""
+        lab = rgb2lab(image.permute(1, 2, 0).cpu().numpy()).reshape(-1, 3)
+        flat = seg.reshape(-1)
+        scale = np.array([100.0, 128.0, 128.0])
+        out = np.zeros((wanted.size, 6), dtype=np.float32)
+        for k, s in enumerate(wanted):
+            px = lab[flat == s] / scale
+            out[k, :3] = px.mean(0)
+            out[k, 3:] = px.std(0)
+        return out * self.appearance_weight / np.sqrt(2.0)
+
+
+def feature_frame(rows: list[dict]) -> pd.DataFrame:
+    """The features table with its documented columns (``embedding`` kept separately)."""
+    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)

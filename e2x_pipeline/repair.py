@@ -1,0 +1,379 @@
+"""The repair stage: pool images that carry a failure mode's features, within a labelling budget.
+
+1. **Pool regions.** Every pool image is cut into SLIC superpixels with the explain stage's
+   settings and every superpixel is embedded exactly like a failing feature
+   (:class:`features.RegionEmbedder`). Cached in ``<output_dir>/<pool_split>/regions.parquet`` and
+   ``region_embeddings.npy``, keyed by the pool's content, the model's weights and the settings.
+2. **Index.** scikit-learn's ``NearestNeighbors`` (cosine, exact) indexes the pool regions.
+3. **Match.** Each failing feature ``f`` of mode ``m`` retrieves its ``neighbours`` nearest pool
+   regions. A pool image ``I`` scores, for mode ``m``,
+
+       score(I, m) = (1 / |m|) * sum_{f in m} max_{r in I, r in kNN(f)} (1 - cos_dist(f, r)),
+
+   the mean over the mode's features of the best similarity of a retrieved region of ``I``
+   (0 when ``I`` was not retrieved). An image many of the mode's features agree on ranks high.
+   The matching region is the region of ``I`` retrieved most often (ties: higher similarity).
+4. **Select.** The budget of ``budget`` images is split across modes in proportion to their size
+   (largest remainder) or evenly; each mode takes its best-scoring images not yet taken. Unused
+   quota goes to the modes with the best remaining scores.
+
+Writes ``<split>/repair_set.parquet`` (:data:`REPAIR_COLUMNS`) and ``repair.json`` (counts and,
+on the benchmark, precision per mode and per planted cause against the pool's base rate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.neighbors import NearestNeighbors
+from tqdm.auto import tqdm
+
+from .config import ExplainConfig, RepairConfig
+from .data.coco import CocoDataset, load_image
+from .detectors.base import Detector
+from .explain.superpixels import slic_segments
+from .features import RegionEmbedder
+from .io_utils import atomic_write, file_hash, write_json, write_table
+
+REGION_COLUMNS = ["region_id", "image_id", "file_name", "segment", "x1", "y1", "x2", "y2", "area"]
+REPAIR_COLUMNS = [
+    "image_id",
+    "file_name",
+    "image_path",
+    "mode_id",
+    "score",
+    "rank",
+    "support",
+    "segment",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+]
+
+
+@dataclass
+class RepairResult:
+    repair_set: pd.DataFrame
+    metrics: dict
+
+
+def model_fingerprint(detector: Detector) -> str:
+    """Hash of the model's weights: a changed checkpoint re-embeds the pool."""
+    h = hashlib.sha256()
+    for name, t in detector.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def pool_regions(
+    pool: CocoDataset,
+    embedder: RegionEmbedder,
+    explain: ExplainConfig,
+    cache_dir: Path,
+    model_key: str,
+    progress: bool = True,
+    batch_size: int = 64,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every superpixel of every pool image with its embedding (cached, see module doc)."""
+    key_payload = {
+        "pool": file_hash(pool.path),
+        "images": [pool.images[i]["file_name"] for i in pool.image_ids],
+        "model": model_key,
+        "slic": [explain.n_segments, explain.compactness],
+        "levels": list(embedder.levels) if embedder.levels is not None else None,
+        "appearance": [embedder.appearance, embedder.appearance_weight],
+    }
+    key = hashlib.sha256(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:16]
+    table_path = cache_dir / "regions.parquet"
+    emb_path = cache_dir / "region_embeddings.npy"
+    stamp = cache_dir / "regions.json"
+    fresh = table_path.is_file() and emb_path.is_file() and stamp.is_file()
+    if fresh and json.loads(stamp.read_text()).get("key") == key:
+        return pd.read_parquet(table_path), np.load(emb_path, allow_pickle=False)
+    rows: list[dict] = []
+    chunks: list[np.ndarray] = []
+    ids = pool.image_ids
+    bar = tqdm(total=len(ids), desc="embed pool", unit="img", disable=not progress)
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        images = [load_image(pool.image_path(i)) for i in batch]
+        segs = [slic_segments(im, explain.n_segments, explain.compactness) for im in images]
+        wanted = [np.arange(int(s.max()) + 1) for s in segs]
+        embs = embedder.embed(images, segs, wanted)
+        for image_id, seg, emb in zip(batch, segs, embs, strict=True):
+            ys, xs = np.indices(seg.shape)
+            flat = seg.ravel()
+            n = int(flat.max()) + 1
+            x1 = np.full(n, np.inf)
+            y1 = np.full(n, np.inf)
+            np.minimum.at(x1, flat, xs.ravel())
+            np.minimum.at(y1, flat, ys.ravel())
+            x2 = np.zeros(n)
+            y2 = np.zeros(n)
+            np.maximum.at(x2, flat, xs.ravel() + 1)
+            np.maximum.at(y2, flat, ys.ravel() + 1)
+            area = np.bincount(flat, minlength=n)
+            name = pool.images[image_id]["file_name"]
+            for s in range(n):
+                rows.append(
+                    {
+                        "region_id": f"{image_id}/s{s}",
+                        "image_id": int(image_id),
+                        "file_name": name,
+                        "segment": s,
+                        "x1": float(x1[s]),
+                        "y1": float(y1[s]),
+                        "x2": float(x2[s]),
+                        "y2": float(y2[s]),
+                        "area": int(area[s]),
+                    }
+                )
+            chunks.append(emb)
+        bar.update(len(batch))
+    bar.close()
+    table = pd.DataFrame(rows, columns=REGION_COLUMNS)
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    write_table(table_path, table)
+    with atomic_write(emb_path, "wb") as fh:
+        np.save(fh, embeddings)
+    write_json(stamp, {"key": key, **key_payload, "regions": len(table)})
+    return table, embeddings
+
+
+def match_modes(
+    features: pd.DataFrame,
+    feature_embeddings: np.ndarray,
+    regions: pd.DataFrame,
+    region_embeddings: np.ndarray,
+    neighbours: int,
+) -> pd.DataFrame:
+    """Score every retrieved (mode, pool image) pair (module formula, step 3).
+
+    Returns columns mode_id, image_id, score, support (features that retrieved the image), and
+    the matching region's segment and box.
+    """
+    cols = ["mode_id", "image_id", "score", "support", "segment", "x1", "y1", "x2", "y2"]
+    if not len(features) or not len(regions):
+        return pd.DataFrame(columns=cols)
+    k = min(neighbours, len(regions))
+    index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+    index.fit(region_embeddings)
+    region_image = regions["image_id"].to_numpy()
+    out = []
+    for mode_id in sorted(m for m in features["mode_id"].unique() if m >= 0):
+        member = np.flatnonzero(features["mode_id"].to_numpy() == mode_id)
+        dist, idx = index.kneighbors(feature_embeddings[member])
+        hits = pd.DataFrame(
+            {
+                "feature": np.repeat(np.arange(len(member)), k),
+                "region": idx.ravel(),
+                "image_id": region_image[idx.ravel()],
+                "sim": 1.0 - dist.ravel(),
+            }
+        )
+        best = hits.groupby(["feature", "image_id"])["sim"].max().reset_index()
+        per_image = best.groupby("image_id").agg(total=("sim", "sum"), support=("sim", "size"))
+        per_region = (
+            hits.groupby(["image_id", "region"])["sim"]
+            .agg(["size", "max"])
+            .reset_index()
+            .sort_values(["image_id", "size", "max"], ascending=[True, False, False])
+            .drop_duplicates("image_id")
+            .set_index("image_id")
+        )
+        for image_id, r in per_image.iterrows():
+            reg = regions.iloc[int(per_region.loc[image_id, "region"])]
+            out.append(
+                {
+                    "mode_id": int(mode_id),
+                    "image_id": int(image_id),
+                    "score": float(r["total"] / len(member)),
+                    "support": int(r["support"]),
+                    "segment": int(reg["segment"]),
+                    "x1": float(reg["x1"]),
+                    "y1": float(reg["y1"]),
+                    "x2": float(reg["x2"]),
+                    "y2": float(reg["y2"]),
+                }
+            )
+    return pd.DataFrame(out, columns=cols)
+
+
+def allocate(sizes: dict[int, int], budget: int, allocation: str) -> dict[int, int]:
+    """Quota per mode: proportional to size (largest remainder) or even."""
+    if not sizes:
+        return {}
+    weights = {m: (s if allocation == "proportional" else 1) for m, s in sizes.items()}
+    total = sum(weights.values())
+    raw = {m: budget * w / total for m, w in weights.items()}
+    quota = {m: int(np.floor(v)) for m, v in raw.items()}
+    rest = budget - sum(quota.values())
+    for m in sorted(raw, key=lambda m: (-(raw[m] - quota[m]), m))[:rest]:
+        quota[m] += 1
+    return quota
+
+
+def select_repair_set(
+    scores: pd.DataFrame, mode_sizes: dict[int, int], budget: int, allocation: str
+) -> pd.DataFrame:
+    """Pick at most ``budget`` distinct pool images (module doc, step 4)."""
+    quota = allocate(mode_sizes, budget, allocation)
+    ranked = scores.sort_values(["mode_id", "score", "image_id"], ascending=[True, False, True])
+    taken: set[int] = set()
+    chosen: list[dict] = []
+    for mode_id in sorted(quota):
+        rows = ranked[ranked["mode_id"] == mode_id]
+        for r in rows.to_dict("records"):
+            if sum(c["mode_id"] == mode_id for c in chosen) >= quota[mode_id]:
+                break
+            if r["image_id"] not in taken:
+                taken.add(r["image_id"])
+                chosen.append(r)
+    leftover = budget - len(chosen)
+    if leftover > 0:  # modes that ran out of matches pass their quota on
+        for r in scores.sort_values(["score", "image_id"], ascending=[False, True]).to_dict(
+            "records"
+        ):
+            if leftover == 0:
+                break
+            if r["image_id"] not in taken:
+                taken.add(r["image_id"])
+                chosen.append(r)
+                leftover -= 1
+    out = pd.DataFrame(chosen, columns=scores.columns)
+    out = out.sort_values(["score", "image_id"], ascending=[False, True], kind="stable")
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out.reset_index(drop=True)
+
+
+def repair_precision(
+    repair_set: pd.DataFrame, modes: pd.DataFrame, pool_causes: list[dict], n_pool: int
+) -> dict:
+    """Share of selected images carrying their mode's planted cause, vs the pool's base rate."""
+    carriers: dict[str, set[int]] = {}
+    for c in pool_causes:
+        carriers.setdefault(c["cause"], set()).add(int(c["image_id"]))
+    base = {c: len(ims) / n_pool for c, ims in carriers.items()} if n_pool else {}
+    cause_of = {
+        int(m.mode_id): (m.cause if isinstance(m.cause, str) else None) for m in modes.itertuples()
+    }
+    per_mode = {}
+    per_cause: dict[str, list[int]] = {}
+    for mode_id, g in repair_set.groupby("mode_id"):
+        cause = cause_of.get(int(mode_id))
+        if not cause:
+            per_mode[int(mode_id)] = {"cause": None, "selected": len(g)}
+            continue
+        hit = [int(i in carriers.get(cause, set())) for i in g["image_id"]]
+        per_cause.setdefault(cause, []).extend(hit)
+        per_mode[int(mode_id)] = {
+            "cause": cause,
+            "selected": len(g),
+            "precision": float(np.mean(hit)),
+            "base_rate": base.get(cause, 0.0),
+        }
+    any_cause = set().union(*carriers.values()) if carriers else set()
+    return {
+        "per_mode": per_mode,
+        "per_cause": {
+            c: {
+                "selected": len(h),
+                "precision": float(np.mean(h)),
+                "base_rate": base.get(c, 0.0),
+                "lift": float(np.mean(h)) / base[c] if base.get(c) else None,
+            }
+            for c, h in sorted(per_cause.items())
+        },
+        "any_cause": {
+            "precision": float(repair_set["image_id"].isin(any_cause).mean())
+            if len(repair_set)
+            else None,
+            "base_rate": len(any_cause) / n_pool if n_pool else None,
+        },
+    }
+
+
+def run_repair_stage(
+    detector: Detector,
+    split_dir: str | Path,
+    pool: CocoDataset,
+    pool_dir: str | Path,
+    embedder: RegionEmbedder,
+    explain: ExplainConfig,
+    cfg: RepairConfig,
+    pool_causes: list[dict] | None = None,
+    progress: bool = True,
+) -> RepairResult:
+    """Match the split's failure modes to the pool and select the repair set (module doc)."""
+    split_dir, pool_dir = Path(split_dir), Path(pool_dir)
+    for name in ("features.parquet", "failure_modes.parquet"):
+        if not (split_dir / name).is_file():
+            raise FileNotFoundError(
+                f"no {name} in {split_dir}; run 'e2x cluster' with the same output_dir first"
+            )
+    features = pd.read_parquet(split_dir / "features.parquet")
+    modes = pd.read_parquet(split_dir / "failure_modes.parquet")
+    regions, region_emb = pool_regions(
+        pool,
+        embedder,
+        explain,
+        pool_dir,
+        model_fingerprint(detector),
+        progress,
+        cfg.batch_size,
+    )
+    feat_emb = (
+        np.stack(features["embedding"].to_numpy()).astype(np.float32)
+        if len(features)
+        else np.zeros((0, 0), np.float32)
+    )
+    if len(features) and len(regions) and feat_emb.shape[1] != region_emb.shape[1]:
+        raise ValueError(
+            f"failing features in {split_dir} were embedded with {feat_emb.shape[1]} dims but the "
+            f"pool with {region_emb.shape[1]}; rerun 'e2x cluster' with the current config"
+        )
+    with torch.no_grad():
+        scores = match_modes(features, feat_emb, regions, region_emb, cfg.neighbours)
+    sizes = {int(m.mode_id): int(m.size) for m in modes.itertuples()}
+    chosen = select_repair_set(scores, sizes, min(cfg.budget, len(pool.images)), cfg.allocation)
+    chosen["file_name"] = [pool.images[int(i)]["file_name"] for i in chosen["image_id"]]
+    chosen["image_path"] = [str(pool.image_path(int(i))) for i in chosen["image_id"]]
+    chosen = chosen[REPAIR_COLUMNS]
+    write_table(split_dir / "repair_set.parquet", chosen)
+    metrics = {
+        "pool_images": len(pool.images),
+        "pool_regions": len(regions),
+        "budget": cfg.budget,
+        "selected": len(chosen),
+        "allocation": cfg.allocation,
+        "per_mode_selected": {str(k): int(v) for k, v in chosen["mode_id"].value_counts().items()},
+    }
+    if pool_causes:
+        metrics["precision"] = repair_precision(chosen, modes, pool_causes, len(pool.images))
+    write_json(split_dir / "repair.json", metrics)
+    return RepairResult(chosen, metrics)
+
+
+def format_repair(metrics: dict) -> str:
+    """Precision per planted cause against the pool's base rate, as plain text."""
+    lines = [f"repair set: {metrics['selected']} of {metrics['pool_images']} pool images"]
+    prec = metrics.get("precision")
+    if prec:
+        lines.append(f"{'planted cause':<14}{'selected':>9}{'precision':>11}{'base rate':>11}")
+        for c, p in prec["per_cause"].items():
+            lines.append(f"{c:<14}{p['selected']:>9}{p['precision']:>11.2f}{p['base_rate']:>11.2f}")
+        a = prec["any_cause"]
+        if a["precision"] is not None:
+            lines.append(
+                f"{'any cause':<14}{metrics['selected']:>9}{a['precision']:>11.2f}"
+                f"{a['base_rate']:>11.2f}"
+            )
+    return "\n".join(lines)
