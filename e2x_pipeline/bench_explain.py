@@ -75,9 +75,9 @@ class BenchSize:
     per_image: int = 2
     steps: int = 20  # deletion / insertion steps
     lime_ref: tuple[int, int] = (500, 2500)  # (SLIC segments, samples) of the all-detection ref
-    pda_ref_samples: int = 3  # PDA reference: stride = window, this many samples
+    pda_ref_samples: int = 2  # PDA reference: stride = window, this many samples
     paper_images: int = 2  # first images of the set that also get the paper's references
-    pda_stride_mults: tuple[int, ...] = (2, 4)
+    pda_stride_mults: tuple[int, ...] = (4, 8)  # PDA settings: stride = this x window
     drise: tuple[int, ...] = (1000, 5000)
     cascade_methods: tuple[str, ...] = ("e2x K=32", "ig K=32")  # full cascade
     full_random_methods: tuple[str, ...] = ("lime K=500",)  # full randomisation only

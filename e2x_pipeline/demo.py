@@ -20,6 +20,16 @@ def print_summary(summary: dict) -> None:
     print(f"{ex['explanations']} explanations ({ex['valid']} valid), {ex['seconds']:.1f} s of work")
     if ex["overlays"]:
         print(f"overlays (red +, blue -): {ex['overlays'][0]} ... ({len(ex['overlays'])} files)")
+    print("\n== 4. Failure modes (clusters of failing features) ==")
+    print(summary["failure_modes"]["table"])
+    print("\n== 5. Repair set: pool images matched to the failure modes ==")
+    print(summary["repair"]["table"])
+    names = summary.get("fiftyone_datasets") or {}
+    if names:
+        print(
+            f"FiftyOne: '{names['failures']}' (views e2x-failures, e2x-mode-<k>, fo.Heatmap "
+            f"fields), '{names['pool']}' (view e2x-repair). Open: e2x app --view e2x-repair"
+        )
     print(f"\ndemo finished in {summary['seconds']} s")
 
 

@@ -51,6 +51,32 @@ def explain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -
     }
 
 
+@task(name="cluster")
+def cluster_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
+    from e2x_pipeline.cluster import format_modes
+
+    result = stages.cluster_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+    return {**result.metrics, "table": format_modes(result.modes, result.metrics)}
+
+
+@task(name="repair")
+def repair_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
+    from e2x_pipeline.repair import format_repair
+
+    result = stages.repair_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+    return {**result.metrics, "table": format_repair(result.metrics)}
+
+
+@task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)
+def publish_failures_task(cfg: E2XConfig, split: str) -> str:
+    return stages.publish_failures_stage(cfg, split)
+
+
+@task(name="publish-repair-set", retries=2, retry_delay_seconds=5)
+def publish_repair_task(cfg: E2XConfig, split: str) -> str:
+    return stages.publish_repair_stage(cfg, split)
+
+
 @flow(name="e2x-pipeline", log_prints=True)
 def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain."""
@@ -65,6 +91,14 @@ def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> 
     mining = mine_task(cfg, ckpt, split)
     dataset_name = publish_task(cfg, split) if fiftyone else None
     explained = explain_task(cfg, ckpt, split, progress)
+    modes = cluster_task(cfg, ckpt, split, progress)
+    repair = repair_task(cfg, ckpt, split, progress)
+    names = {}
+    if fiftyone:
+        names = {
+            "failures": publish_failures_task(cfg, split),
+            "pool": publish_repair_task(cfg, split),
+        }
     summary = {
         "config": config,
         "checkpoint": str(ckpt),
@@ -74,6 +108,9 @@ def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> 
         "mining_table": format_metrics(mining),
         "fiftyone_dataset": dataset_name,
         "explain": explained,
+        "failure_modes": modes,
+        "repair": repair,
+        "fiftyone_datasets": names,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(cfg.output_dir / "summary.json", summary)
@@ -84,7 +121,15 @@ def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> 
             f"## Mining ({split})\n\n```\n{format_metrics(mining)}\n```\n\n"
             f"FiftyOne dataset `{dataset_name}`, saved view `e2x-failures`.\n\n"
             f"## Explanations\n\n{explained['explanations']} explanations "
-            f"({explained['valid']} valid), overlays under `{stages.split_dir(cfg, split)}`.\n"
+            f"({explained['valid']} valid), overlays under `{stages.split_dir(cfg, split)}`.\n\n"
+            f"## Failure modes\n\n```\n{modes['table']}\n```\n\n"
+            f"## Repair set\n\n```\n{repair['table']}\n```\n\n"
+            + (
+                f"FiftyOne: `{names['failures']}` (views `e2x-failures`, `e2x-mode-<k>`), "
+                f"`{names['pool']}` (view `e2x-repair`).\n"
+                if names
+                else ""
+            )
         ),
         description="E2X pipeline summary",
     )
@@ -95,5 +140,20 @@ def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> 
             for k, v in mining.get("causes", {}).items()
         ],
         description="Failure breakdown per planted cause",
+    )
+    create_table_artifact(
+        key="e2x-failure-modes",
+        table=[
+            {k: m[k] for k in ("mode_id", "kind", "size", "n_candidates", "cause", "cause_share")}
+            for m in modes["modes"]
+        ],
+        description="Failure modes: clusters of failing features",
+    )
+    create_table_artifact(
+        key="e2x-repair-set",
+        table=[
+            {"cause": c, **v} for c, v in repair.get("precision", {}).get("per_cause", {}).items()
+        ],
+        description="Repair set: precision per planted cause against the pool's base rate",
     )
     return summary

@@ -103,12 +103,12 @@ FIXTURE_CHECKPOINT = Path(__file__).parent / "fixtures" / "compact_ssd_benchmark
 
 @pytest.fixture(scope="session")
 def benchmark_default(tmp_path_factory) -> Path:
-    """The default benchmark's val split (seed 0), identical to the demo's: each split has its own
-    random stream, so the other splits can be left empty here."""
+    """The default benchmark's val split and first 200 pool images (seed 0), as in the demo: each
+    split has its own random stream, so the other splits can be left empty here."""
     from e2x_pipeline.data.benchmark import make_benchmark
 
     root = tmp_path_factory.mktemp("bench-default")
-    make_benchmark(root, seed=0, sizes={"train": 0, "val": 200, "test": 0, "pool": 0})
+    make_benchmark(root, seed=0, sizes={"train": 0, "val": 200, "test": 0, "pool": 200})
     return root
 
 

@@ -41,6 +41,15 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     n_samples = len(ds)
     n_labels = ds.count("e2x_predictions.detections")
     assert n_samples == 40 and "e2x-failures" in ds.list_saved_views()
+    # cluster and repair ran, and their FiftyOne datasets hold one sample per failure / pool image
+    modes = pd.read_parquet(run / "failure_modes.parquet")
+    assert summary["failure_modes"]["failure_modes"] == len(modes) >= 1
+    assert summary["repair"]["selected"] == len(pd.read_parquet(run / "repair_set.parquet")) > 0
+    failures = fo.load_dataset(summary["fiftyone_datasets"]["failures"])
+    pool = fo.load_dataset(summary["fiftyone_datasets"]["pool"])
+    n_failures_ds = len(failures)
+    assert n_failures_ds == int(expl["valid"].sum()) and len(pool) == 40
+    assert len(pool.load_saved_view("e2x-repair")) == summary["repair"]["selected"]
 
     # A rerun: the checkpoint is reused, nothing is explained twice, FiftyOne holds no duplicates.
     summary2 = e2x_pipeline(cfg.model_dump(mode="json"), progress=False)
@@ -49,4 +58,8 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     pd.testing.assert_frame_equal(expl, expl2)
     ds.reload()
     assert len(ds) == n_samples and ds.count("e2x_predictions.detections") == n_labels
-    fo.delete_dataset("e2x-test-flow")
+    failures.reload()
+    pool.reload()
+    assert len(failures) == n_failures_ds and len(pool) == 40
+    for name in ("e2x-test-flow", failures.name, pool.name):
+        fo.delete_dataset(name)

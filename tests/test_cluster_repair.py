@@ -1,0 +1,246 @@
+"""Failing features, failure modes and the repair set, against the benchmark's planted causes.
+
+Ground truth: the default benchmark's recorded cause regions (val) and which pool images carry
+which cause; the committed detector; real SLIC, real scikit-learn clustering and neighbours, and a
+real FiftyOne database (session mongod) for the views, heatmaps and the COCO export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from e2x_pipeline.cluster import run_cluster_stage
+from e2x_pipeline.config import ClusterConfig, ExplainConfig, MiningConfig, RepairConfig
+from e2x_pipeline.data.benchmark import load_causes
+from e2x_pipeline.data.coco import load_coco, load_image
+from e2x_pipeline.explain.stage import explain_candidates
+from e2x_pipeline.explain.superpixels import dataset_mean
+from e2x_pipeline.features import RegionEmbedder, failing_superpixels
+from e2x_pipeline.mining import run_mining_stage
+from e2x_pipeline.repair import allocate, run_repair_stage, select_repair_set
+from e2x_pipeline.stages import failures
+
+
+def test_failing_superpixels_sign_and_threshold():
+    values = np.array([0.5, -1.0, 0.2, -0.35, -0.25, 0.9])
+    # FN: negative evidence, at least 0.3 * max|v| = 0.3, strongest first
+    assert failing_superpixels(values, "fn", 0.3, 5).tolist() == [1, 3]
+    # FP: positive evidence
+    assert failing_superpixels(values, "fp", 0.3, 5).tolist() == [5, 0]
+    assert failing_superpixels(values, "fp", 0.3, 1).tolist() == [5]
+    assert failing_superpixels(values, "fn", 0.2, 5).tolist() == [1, 3, 4]
+    assert failing_superpixels(np.array([np.nan, 1.0]), "fp").size == 0
+    with pytest.raises(ValueError, match="only fp and fn"):
+        failing_superpixels(values, "tp")
+
+
+def test_region_embedding_is_the_mask_pooled_backbone_feature(
+    benchmark_detector, benchmark_default
+):
+    """A region that is exactly one stride-8 cell embeds as that cell's normalised feature."""
+    image = load_image(benchmark_default / "images/val" / "val_00001.png")
+    seg = np.zeros((128, 128), np.int32)
+    seg[16:24, 40:48] = 1  # cell (row 2, col 5) of the stride-8 map
+    emb = RegionEmbedder(benchmark_detector, levels=[0]).embed([image], [seg], [[1, 0]])[0]
+    with torch.no_grad():
+        fmap = benchmark_detector.feature_maps(image[None])[0][0]
+    assert fmap.shape[-1] == 16
+    cell = torch.nn.functional.normalize(fmap[:, 2, 5], dim=0).numpy()
+    np.testing.assert_allclose(emb[0], cell, atol=1e-5)
+    rest = fmap.flatten(1).sum(1) - fmap[:, 2, 5]
+    np.testing.assert_allclose(
+        emb[1], torch.nn.functional.normalize(rest, dim=0).numpy(), atol=1e-5
+    )
+    # appearance adds the Lab mean/std: 6 more dims, the backbone part unchanged
+    emb2 = RegionEmbedder(benchmark_detector, levels=[0], appearance=True).embed(
+        [image], [seg], [[1]]
+    )[0]
+    assert emb2.shape == (1, emb.shape[1] + 6)
+    np.testing.assert_allclose(emb2[0, : emb.shape[1]], emb[0], atol=1e-6)
+
+
+def test_budget_allocation_and_selection():
+    assert allocate({0: 90, 1: 38, 2: 55, 3: 17}, 30, "proportional") == {0: 13, 1: 6, 2: 8, 3: 3}
+    assert allocate({0: 90, 1: 38, 2: 55}, 30, "even") == {0: 10, 1: 10, 2: 10}
+    scores = pd.DataFrame(
+        {
+            "mode_id": [0, 0, 0, 1, 1],
+            "image_id": [1, 2, 3, 1, 4],
+            "score": [0.9, 0.8, 0.1, 0.95, 0.5],
+            "support": 1,
+            "segment": 0,
+            "x1": 0.0,
+            "y1": 0.0,
+            "x2": 1.0,
+            "y2": 1.0,
+        }
+    )
+    chosen = select_repair_set(scores, {0: 1, 1: 1}, 2, "even")
+    # image 1 goes to mode 0 (processed first), so mode 1 takes its next best, image 4
+    assert sorted(zip(chosen["mode_id"], chosen["image_id"])) == [(0, 1), (1, 4)]
+    # a quota the modes cannot fill passes to the best remaining matches, never duplicates
+    chosen = select_repair_set(scores, {0: 1, 1: 1}, 4, "even")
+    assert sorted(chosen["image_id"]) == [1, 2, 3, 4] and chosen["rank"].tolist() == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def explained(benchmark_detector, benchmark_default, tmp_path_factory):
+    """Mine the default val split and explain every failure with E2X (as `e2x demo` does)."""
+    root = benchmark_default
+    out = tmp_path_factory.mktemp("cluster-run") / "val"
+    val = load_coco(root / "annotations/val.json", root / "images/val")
+    res = run_mining_stage(
+        benchmark_detector, val, MiningConfig(), out, load_causes(root, "val"), "val"
+    )
+    mean = dataset_mean([val.image_path(i) for i in val.image_ids], max_images=200)
+    explain_candidates(
+        benchmark_detector, failures(res.candidates), ExplainConfig(), out, mean, 0, progress=False
+    )
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def clustered(explained, benchmark_detector):
+    root, out = explained
+    return run_cluster_stage(
+        benchmark_detector, out, ClusterConfig(), load_causes(root, "val"), progress=False
+    )
+
+
+def test_failure_modes_recover_the_planted_causes(clustered, explained):
+    _, out = explained
+    feats, modes, m = clustered.features, clustered.modes, clustered.metrics
+    assert m["failing_features"] == len(feats) >= 100
+    assert feats["feature_id"].is_unique and (feats["mode_id"] >= 0).all()
+    # FN features are negative evidence, FP features positive
+    assert (feats.loc[feats["outcome"] == "fn", "value"] < 0).all()
+    assert (feats.loc[feats["outcome"] == "fp", "value"] > 0).all()
+    # modes do not mix outcomes, and the camouflage and distractor modes are nearly pure
+    assert (feats.groupby("mode_id")["outcome"].nunique() == 1).all()
+    by_cause = modes.set_index("cause")
+    assert by_cause.loc["camouflage", "kind"] == "fn"
+    assert by_cause.loc["camouflage", "cause_share"] >= 0.8
+    distractor = modes[modes["cause"] == "distractor"].iloc[0]
+    assert distractor["kind"] == "fp" and set(json.loads(distractor["classes"])) == {"disk"}
+    assert m["adjusted_rand_index"] >= 0.75  # the benchmark target is 0.8; see reports
+    # each mode has its representative crops on disk, and the tables are on disk
+    for crop in modes["crops"]:
+        assert (out / crop).is_file()
+    saved = pd.read_parquet(out / "features.parquet")
+    assert len(saved) == len(feats) and len(saved["embedding"].iloc[0]) > 0
+    assert len(pd.read_parquet(out / "failure_modes.parquet")) == len(modes)
+
+
+def test_rerun_gives_identical_modes(clustered, explained, benchmark_detector):
+    root, out = explained
+    again = run_cluster_stage(
+        benchmark_detector, out, ClusterConfig(), load_causes(root, "val"), progress=False
+    )
+    pd.testing.assert_frame_equal(again.features, clustered.features)
+    pd.testing.assert_frame_equal(again.modes, clustered.modes)
+
+
+@pytest.fixture(scope="module")
+def repaired(clustered, explained, benchmark_detector):
+    root, out = explained
+    pool = load_coco(root / "annotations/pool.json", root / "images/pool")
+    cluster_cfg = ClusterConfig()
+    embedder = RegionEmbedder(benchmark_detector, levels=cluster_cfg.levels, appearance=True)
+    return run_repair_stage(
+        benchmark_detector,
+        out,
+        pool,
+        out.parent / "pool",
+        embedder,
+        ExplainConfig(),
+        RepairConfig(budget=20),
+        load_causes(root, "pool"),
+        progress=False,
+    )
+
+
+def test_repair_set_finds_pool_images_with_the_planted_causes(repaired, explained):
+    _, out = explained
+    rs, m = repaired.repair_set, repaired.metrics
+    assert len(rs) == 20 and rs["image_id"].is_unique
+    assert rs["rank"].tolist() == list(range(1, 21))
+    assert (np.diff(rs["score"]) <= 1e-12).all()
+    per_cause = m["precision"]["per_cause"]
+    # the selection carries the planted cause far above the pool's base rate
+    for cause in ("camouflage", "distractor"):
+        assert per_cause[cause]["precision"] >= 3 * per_cause[cause]["base_rate"], per_cause
+    assert m["precision"]["any_cause"]["precision"] > m["precision"]["any_cause"]["base_rate"]
+    # matching regions are boxes inside the 128 px image
+    assert ((rs["x1"] >= 0) & (rs["x2"] <= 128) & (rs["x1"] < rs["x2"])).all()
+    assert pd.read_parquet(out / "repair_set.parquet").equals(rs)
+    # the pool regions are cached: a rerun does not re-embed (same files, same key)
+    stamp = json.loads((out.parent / "pool" / "regions.json").read_text())
+    assert stamp["regions"] > 200 * 100
+
+
+def test_fiftyone_failures_heatmaps_views_repair_and_export(
+    fo_db, explained, clustered, repaired, tmp_path
+):
+    import fiftyone as fo
+
+    from e2x_pipeline import fiftyone_io
+    from e2x_pipeline.io_utils import safe_join
+
+    root, out = explained
+    val = load_coco(root / "annotations/val.json", root / "images/val")
+    pool = load_coco(root / "annotations/pool.json", root / "images/pool")
+    labels = load_coco(root / "annotations/pool_labels.json", root / "images/pool")
+    cands = pd.read_parquet(out / "candidates.parquet")
+    expl = pd.read_parquet(out / "explanations.parquet")
+    names = ("e2x-test-failures", "e2x-test-pool")
+    for n in names:
+        fiftyone_io.delete_dataset(n)
+    for _ in range(2):  # the second run must update in place
+        ds = fiftyone_io.publish_failures(
+            names[0], val, cands, expl, out, clustered.features, clustered.modes
+        )
+        pool_ds = fiftyone_io.publish_repair(names[1], pool, repaired.repair_set)
+    valid = expl[expl["valid"]]
+    assert len(ds) == len(valid) and sorted(ds.values("candidate_id")) == sorted(
+        valid["candidate_id"]
+    )
+    views = ds.list_saved_views()
+    assert "e2x-failures" in views
+    assert sorted(v for v in views if v.startswith("e2x-mode-")) == sorted(
+        f"e2x-mode-{k}" for k in clustered.modes["mode_id"]
+    )
+    # the heatmap is the stored E2X pixel map, with a symmetric range (red +, blue -)
+    sample = ds.load_saved_view("e2x-mode-0").first()
+    row = valid.set_index("candidate_id").loc[sample["candidate_id"]]
+    with np.load(out / row["map_file"]) as maps:
+        stored = maps[row["map_key"]].astype(np.float32)
+    np.testing.assert_allclose(sample["e2x_heatmap"].map, stored)
+    a = np.abs(stored).max()
+    assert sample["e2x_heatmap"].range == pytest.approx([-a, a])
+    assert sample["e2x_failure_mode"] == 0 and "mode-0" in sample.tags
+    # the repair view: exactly the repair set, best match first, with its matching region
+    view = pool_ds.load_saved_view(fiftyone_io.REPAIR_VIEW)
+    assert len(pool_ds) == len(pool.images)
+    assert view.values("image_id") == repaired.repair_set["image_id"].tolist()
+    first = view.first()
+    assert first["e2x_repair_region"].detections[0].label == f"mode-{first['e2x_failure_mode']}"
+    # export with FiftyOne's COCO exporter, labels revealed from the pool's labels
+    export = tmp_path / "export" / "repair-set"
+    n = fiftyone_io.export_repair(names[1], export, labels)
+    coco = json.loads((export / "labels.json").read_text())
+    assert n == len(coco["images"]) == 20
+    files = {Path(im["file_name"]).name for im in coco["images"]}
+    want = {labels.images[i]["file_name"] for i in repaired.repair_set["image_id"]}
+    assert files == want and len(list((export / "data").iterdir())) == 20
+    n_labels = sum(len(labels.annotations.get(i, [])) for i in repaired.repair_set["image_id"])
+    assert len(coco["annotations"]) == n_labels
+    with pytest.raises(ValueError, match="leaves the output folder"):
+        safe_join(tmp_path / "export", "../../elsewhere")
+    for n in names:
+        fo.delete_dataset(n)
