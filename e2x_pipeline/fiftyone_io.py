@@ -501,6 +501,7 @@ def publish_failures(
         vals = {k: heatmaps[field].get(k) for k in keys}
         ds.set_values(field, vals, key_field="candidate_id")
     ds.set_values("tags", values["tags"], key_field="candidate_id")
+    _show_heatmaps(ds, sorted(heatmaps), gt_field)
     ds.save_view(FAILURES_VIEW, ds.sort_by("e2x_score", reverse=True), overwrite=True)
     wanted = set()
     if modes is not None:
@@ -513,6 +514,30 @@ def publish_failures(
         if v.startswith("e2x-mode-") and v not in wanted:
             ds.delete_saved_view(v)
     return ds
+
+
+# red for evidence FOR the candidate, blue for evidence AGAINST, white at zero (range [-a, a])
+HEATMAP_COLORSCALE = [
+    {"value": 0.0, "color": "rgb(40,80,255)"},
+    {"value": 0.5, "color": "rgb(255,255,255)"},
+    {"value": 1.0, "color": "rgb(255,40,40)"},
+]
+
+
+def _show_heatmaps(ds: Any, heatmap_fields: list[str], gt_field: str) -> None:
+    """Make the App open with GT, the candidate and the E2X heatmap on, in red/white/blue."""
+    fo = _fo()
+    from fiftyone.core.odm.dataset import ActiveFields
+
+    first = [f for f in heatmap_fields if f == "e2x_heatmap"] or heatmap_fields[:1]
+    ds.app_config.active_fields = ActiveFields(paths=[gt_field, "e2x_candidate", *first])
+    ds.app_config.color_scheme = fo.ColorScheme(
+        color_by="value",  # the App paints heatmaps with their colorscale only in this mode
+        colorscales=[{"path": f, "list": HEATMAP_COLORSCALE} for f in heatmap_fields],
+        default_colorscale={"name": None, "list": HEATMAP_COLORSCALE},
+        opacity=0.6,
+    )
+    ds.save()
 
 
 def publish_repair(
