@@ -178,6 +178,19 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .stages import format_retrain, retrain_stage, train_stage
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    with run_lock(cfg.output_dir):
+        ckpt = cfg.model.checkpoint or train_stage(cfg, progress=not args.no_progress)[0]
+        result = retrain_stage(cfg, ckpt, split, not args.no_progress, force=args.force)
+    print(format_retrain(result))
+    print(f"before/after written to {cfg.output_dir / 'retrain.json'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .stages import export_stage
 
@@ -205,6 +218,117 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     return run_demo(cfg, progress=not args.no_progress, fiftyone=not args.no_fiftyone)
+
+
+def _run_flow_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``e2x run`` and ``e2x serve``."""
+    p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    p.add_argument(
+        "--reports-dir",
+        type=Path,
+        default=Path("reports"),
+        help="where the HTML report goes: <reports-dir>/<run-id>/index.html (default: reports)",
+    )
+    p.add_argument(
+        "--no-benchmark",
+        action="store_true",
+        help="do not generate the planted-failure benchmark (your own data in the config)",
+    )
+    p.add_argument(
+        "--task-runner",
+        choices=["thread", "dask"],
+        default="thread",
+        help="thread: tasks in this process (default); dask: spread the per-image explain tasks "
+        "over Dask workers (needs the 'dask' extra: pip install -e .[dask])",
+    )
+    p.add_argument(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="a running Dask scheduler for --task-runner dask (default: a LocalCluster)",
+    )
+    p.add_argument(
+        "--dask-workers",
+        type=int,
+        default=2,
+        help="workers of the LocalCluster when no --dask-address is given (default: 2)",
+    )
+
+
+def _flow_parameters(cfg: E2XConfig, args: argparse.Namespace) -> dict:
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "progress": not args.no_progress,
+        "fiftyone": not args.no_fiftyone,
+        "report": not args.no_report,
+        "reports_dir": str(args.reports_dir),
+        "benchmark": not args.no_benchmark,
+    }
+
+
+def _pipeline_flow(args: argparse.Namespace):
+    from flows.pipeline import e2x_pipeline
+
+    if args.task_runner == "dask":
+        from flows.runners import dask_task_runner
+
+        return e2x_pipeline.with_options(
+            task_runner=dask_task_runner(args.dask_address, args.dask_workers)
+        )
+    return e2x_pipeline
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .demo import print_run
+
+    cfg = _config(args)
+    summary = _pipeline_flow(args)(**_flow_parameters(cfg, args))
+    print_run(summary)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
+        raise FileNotFoundError(f"model.checkpoint {cfg.model.checkpoint} does not exist")
+    schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
+    print(
+        f"serving deployment 'e2x-pipeline/{args.name}' ({schedule}); Ctrl-C stops it. "
+        "Runs show in the Prefect UI of PREFECT_API_URL."
+    )
+    _pipeline_flow(args).serve(
+        name=args.name,
+        parameters=_flow_parameters(cfg, args),
+        limit=1,
+        print_starting_message=False,
+        **schedule,
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report, check_in_browser, screenshot
+
+    cfg = _config(args)
+    split = args.split or cfg.data.eval_split
+    index = build_report(
+        cfg,
+        split,
+        args.reports_dir,
+        args.run_id,
+        bench_dir=args.bench_dir,
+        max_failures=args.max_failures,
+        fiftyone=not args.no_fiftyone,
+    )
+    print(f"report: {index}")
+    if args.check:
+        result = check_in_browser(index)
+        print(f"chromium: {result['text']}")
+        if result["broken"] != 0 or result["loaded"] != result["images"]:
+            return 1
+    if args.screenshot:
+        print(f"screenshot: {screenshot(index, args.screenshot)}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -235,6 +359,80 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--no-fiftyone", action="store_true", help="do not write to FiftyOne")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "run",
+        help="run the end-to-end pipeline as a Prefect flow",
+        description="Run the e2x-pipeline Prefect flow on the configured data and model: "
+        "(benchmark,) train or model.checkpoint, evaluate, mine, explain, cluster, repair, "
+        "publish to FiftyOne and write the HTML report. Stage results are cached on the content "
+        "hashes of the data, the checkpoint and the config sections each stage uses, so a rerun "
+        "with nothing changed is cheap. Without PREFECT_API_URL a temporary local Prefect server "
+        "is started; with it (e.g. http://127.0.0.1:4200/api) runs show in the UI.",
+    )
+    _common(p)
+    _run_flow_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the pipeline on a schedule (Prefect flow.serve)",
+        description="Serve the e2x-pipeline flow as a Prefect deployment that runs on a cron "
+        "schedule or an interval, against the configured checkpoint (model.checkpoint). When the "
+        "checkpoint or data changed the run does the work; otherwise the task cache makes it "
+        "cheap. Needs a Prefect server: start one with 'prefect server start --host 127.0.0.1 "
+        "--port 4200' and export PREFECT_API_URL=http://127.0.0.1:4200/api (UI at "
+        "http://127.0.0.1:4200). Runs until Ctrl-C.",
+    )
+    _common(p)
+    _run_flow_args(p)
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron schedule, e.g. "0 2 * * *" (02:00 every day)')
+    when.add_argument("--interval", type=float, help="run every INTERVAL seconds")
+    p.add_argument(
+        "--name", default="e2x-scheduled", help="deployment name (default: e2x-scheduled)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "report",
+        help="write the self-contained HTML report of a run",
+        description="Write <reports-dir>/<run-id>/index.html from the run's tables in "
+        "output_dir: summary metrics, TIDE-style error breakdown, a gallery of explained "
+        "failures (GT and detection boxes, E2X heatmap red + / blue -, box-coordinate maps and "
+        "other methods when computed), failure-mode galleries, the repair set with its matching "
+        "regions, before/after tables when retrain.json exists, and benchmark plots from "
+        "--bench-dir. Every image is a PNG beside the HTML: no network is needed to view it.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose tables to report (default: data.eval_split)")
+    p.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"), help="parent folder (default: reports)"
+    )
+    p.add_argument(
+        "--run-id", help="report folder name (default: <output_dir name>-<YYYYmmdd-HHMMSS>)"
+    )
+    p.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path("reports/bench"),
+        help="benchmark results whose *.png plots and *.md tables to include",
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=48, help="failures in the gallery (default: 48)"
+    )
+    p.add_argument(
+        "--no-fiftyone", action="store_true", help="leave out the FiftyOne dataset/view names"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="load the report in headless Chromium and fail unless every image loaded",
+    )
+    p.add_argument(
+        "--screenshot", type=Path, metavar="PNG", help="also save a Chromium screenshot here"
+    )
+    p.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="dataset commands")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -338,6 +536,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
+        "retrain",
+        help="retrain with the repair set and show whether the failure modes close",
+        description="Reveal the repair set's labels (repair.pool_labels, default: the "
+        "benchmark's pool_labels.json), fine-tune the detector on train + those images "
+        "(retrain.*), save the new checkpoint with its lineage, and evaluate before/after: "
+        "mAP@0.5, recall per planted cause, distractor FP rate on retrain.eval_split, and the "
+        "share of each failure mode's failures closed. Writes <output_dir>/retrain.json.",
+    )
+    _common(p)
+    p.add_argument("--split", help="split whose repair set to use (default: data.eval_split)")
+    p.add_argument("--force", action="store_true", help="retrain even when a cached one fits")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser(
         "export",
         help="export the repair set as a COCO dataset",
         description="Export the FiftyOne view 'e2x-repair' with FiftyOne's COCO exporter to "
@@ -392,6 +604,8 @@ BENCHMARKS = {
     "explain": "explanation speed and fidelity of E2X against LIME, PDA, IG and D-RISE, as the "
     "E2X paper's Fig. 2 (rho vs speed), with deletion/insertion, cause hit rate and sanity rho",
     "mine": "mining cost against plain batched inference on the same images (target <= 1.1x)",
+    "repair": "retrain with the E2X repair set against random, least-confidence and whole-image "
+    "similarity selection at budgets of 2, 5 and 10%% of the pool, 3 seeds each",
     "train": "train the detector from scratch and check the foundation's targets "
     "(clean mAP@0.5 >= 0.8, planted-cause recall <= 0.5, training <= 5 min)",
 }

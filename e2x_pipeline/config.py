@@ -179,6 +179,19 @@ class RepairConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class RetrainConfig(_Section):
+    """Retraining with the repair set (e2x_pipeline/retrain.py)."""
+
+    mode: Literal["finetune", "scratch"] = "finetune"
+    """finetune: continue from the checkpoint; scratch: train anew with train.* settings."""
+    epochs: int = Field(6, ge=1)
+    """Fine-tuning epochs (scratch uses train.epochs)."""
+    lr: float = Field(1e-3, gt=0)
+    repeat: int = Field(4, ge=1)
+    """How often each added pool image is repeated per epoch (the same for every strategy)."""
+    eval_split: str = "test"
+
+
 class E2XConfig(_Section):
     seed: int = 0
     device: str = "auto"
@@ -192,6 +205,7 @@ class E2XConfig(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     repair: RepairConfig = Field(default_factory=RepairConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @field_validator("device")
     @classmethod

@@ -30,7 +30,28 @@ def print_summary(summary: dict) -> None:
             f"FiftyOne: '{names['failures']}' (views e2x-failures, e2x-mode-<k>, fo.Heatmap "
             f"fields), '{names['pool']}' (view e2x-repair). Open: e2x app --view e2x-repair"
         )
+    if summary.get("report"):
+        print(f"\nHTML report: {summary['report']}")
     print(f"\ndemo finished in {summary['seconds']} s")
+
+
+def print_run(summary: dict) -> None:
+    """What ``e2x run`` prints: the demo's summary without the benchmark's story headings."""
+    from .stages import format_evaluation
+
+    print(f"checkpoint: {summary['checkpoint']}")
+    if summary.get("evaluation"):
+        print(format_evaluation(summary["evaluation"]))
+    print(summary["mining_table"])
+    ex = summary["explain"]
+    print(f"{ex['explanations']} explanations ({ex['valid']} valid)")
+    print(summary["failure_modes"]["table"])
+    print(summary["repair"]["table"])
+    for key, name in (summary.get("fiftyone_datasets") or {}).items():
+        print(f"FiftyOne {key}: '{name}'")
+    if summary.get("report"):
+        print(f"HTML report: {summary['report']}")
+    print(f"run finished in {summary['seconds']} s")
 
 
 def run_demo(cfg: E2XConfig, progress: bool = True, fiftyone: bool = True) -> int:

@@ -186,6 +186,7 @@ def evaluate_detector_outputs(
     result["recall_clean"] = float(np.mean(hits["clean"])) if hits["clean"] else float("nan")
     result["recall_by_cause"] = {k: float(np.mean(v)) for k, v in hits.items() if k != "clean"}
     result["objects_by_cause"] = {k: len(v) for k, v in hits.items()}
+    result["detected_by_cause"] = {k: int(sum(v)) for k, v in hits.items()}
     distractors = [c for c in causes if c["cause"] == "distractor"]
     if distractors:
         fired = 0

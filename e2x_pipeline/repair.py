@@ -17,8 +17,10 @@
    (largest remainder) or evenly; each mode takes its best-scoring images not yet taken. Unused
    quota goes to the modes with the best remaining scores.
 
-Writes ``<split>/repair_set.parquet`` (:data:`REPAIR_COLUMNS`) and ``repair.json`` (counts and,
-on the benchmark, precision per mode and per planted cause against the pool's base rate).
+Writes ``<split>/repair_set.parquet`` (:data:`REPAIR_COLUMNS`), every scored (mode, pool
+image) pair in ``repair_scores.parquet`` (to select again at another budget) and ``repair.json``
+(counts and, on the benchmark, precision per mode and per planted cause against the pool's base
+rate).
 """
 
 from __future__ import annotations
@@ -342,6 +344,7 @@ def run_repair_stage(
         )
     with torch.no_grad():
         scores = match_modes(features, feat_emb, regions, region_emb, cfg.neighbours)
+    write_table(split_dir / "repair_scores.parquet", scores)
     sizes = {int(m.mode_id): int(m.size) for m in modes.itertuples()}
     chosen = select_repair_set(scores, sizes, min(cfg.budget, len(pool.images)), cfg.allocation)
     chosen["file_name"] = [pool.images[int(i)]["file_name"] for i in chosen["image_id"]]

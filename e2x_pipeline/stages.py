@@ -70,7 +70,9 @@ def detector_for(cfg: E2XConfig, checkpoint: Path | None = None) -> Detector:
     return load_detector(model_cfg, resolve_device(cfg.device))
 
 
-def evaluate_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool = True) -> dict:
+def evaluate_stage(
+    cfg: E2XConfig, detector: Detector, split: str, progress: bool = True, record: bool = True
+) -> dict:
     """mAP@0.5 (all and clean images), recall per planted cause, distractor FP rate."""
     ds = open_split(cfg, split)
     dets = detect_dataset(
@@ -85,7 +87,8 @@ def evaluate_stage(cfg: E2XConfig, detector: Detector, split: str, progress: boo
         cfg.mining.iou,
     )
     result["split"] = split
-    write_json(cfg.output_dir / f"evaluation-{split}.json", result)
+    if record:  # the configured detector's evaluation; retrained ones go into retrain.json
+        write_json(cfg.output_dir / f"evaluation-{split}.json", result)
     return result
 
 
@@ -353,3 +356,110 @@ def export_stage(cfg: E2XConfig, split: str, name: str = "repair-set") -> tuple[
     out = safe_join(cfg.output_dir / "export", name)
     n = fiftyone_io.export_repair(fiftyone_names(cfg, split)["pool"], out, pool_labels(cfg))
     return out, n
+
+
+def retrain_stage(
+    cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True, force: bool = False
+) -> dict:
+    """Label the split's repair set, retrain, evaluate before/after; writes ``retrain.json``.
+
+    The retrained checkpoint is cached under ``<output_dir>/checkpoints`` by the parent
+    checkpoint, the repair set and the retrain settings. Before/after: mAP@0.5, recall per
+    planted cause and the distractor FP rate on ``retrain.eval_split``, and the share of each
+    failure mode's member failures the new detector closes on ``split``.
+    """
+    import hashlib
+
+    import pandas as pd
+
+    from .detectors import load_checkpoint
+    from .io_utils import file_hash
+    from .retrain import (
+        closure_by_mode,
+        repair_set_id,
+        retrain_detector,
+        reveal_labels,
+        save_retrained,
+    )
+
+    d = split_dir(cfg, split)
+    table = d / "repair_set.parquet"
+    if not table.is_file():
+        raise FileNotFoundError(f"no repair set at {table}; run 'e2x repair' first")
+    labels = pool_labels(cfg)
+    if labels is None:
+        raise FileNotFoundError(
+            "no labels for the pool: label the exported repair set ('e2x export') and set "
+            "repair.pool_labels to its labels.json"
+        )
+    repair = pd.read_parquet(table)
+    added = reveal_labels(labels, repair["file_name"].tolist())
+    key_src = {
+        "parent": file_hash(checkpoint),
+        "repair_set": repair_set_id(repair["file_name"].tolist()),
+        "retrain": cfg.retrain.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"num_threads"}),
+        "seed": cfg.seed,
+    }
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    path = checkpoint_dir(cfg) / f"retrained-{key}.pt"
+    base = detector_for(cfg, checkpoint)
+    if path.is_file() and not force:
+        after, meta = detector_for(cfg, path), load_checkpoint(path)[1]
+    else:
+        after, log = retrain_detector(
+            base, open_split(cfg, "train"), added, cfg.retrain, cfg.train, cfg.seed, progress
+        )
+        meta = save_retrained(
+            path, after, checkpoint, added, log, open_split(cfg, "train"), cfg.retrain
+        )
+    ev_split = cfg.retrain.eval_split
+    before_eval = evaluate_stage(cfg, base, ev_split, progress, record=False)
+    after_eval = evaluate_stage(cfg, after, ev_split, progress, record=False)
+    closure = []
+    feats = d / "features.parquet"
+    if feats.is_file():
+        cands = pd.read_parquet(candidates_table(cfg, split))
+        features = pd.read_parquet(feats, columns=["mode_id", "candidate_id"])
+        ds = open_split(cfg, split)
+        b = closure_by_mode(base, ds, cands, features, cfg.mining.operating_threshold)
+        a = closure_by_mode(after, ds, cands, features, cfg.mining.operating_threshold)
+        merged = b.merge(a, on=["mode_id", "failures"], suffixes=("_before", "_after"))
+        closure = merged.to_dict("records")
+    result = {
+        "checkpoint": str(path),
+        "parent": str(checkpoint),
+        "repair_set_id": meta.get("repair_set_id"),
+        "added_images": len(added.images),
+        "eval_split": ev_split,
+        "before": before_eval,
+        "after": after_eval,
+        "closure_by_mode": closure,
+        "meta": meta,
+    }
+    write_json(cfg.output_dir / "retrain.json", result)
+    return result
+
+
+def format_retrain(result: dict) -> str:
+    """Before/after as plain text: the headline metrics, then the failure modes."""
+    b, a = result["before"], result["after"]
+    lines = [
+        f"retrained on train + {result['added_images']} repair-set images "
+        f"-> {result['checkpoint']}",
+        f"{'metric (' + result['eval_split'] + ')':<32}{'before':>10}{'after':>10}",
+    ]
+    rows = [("mAP@0.5", b.get("map50"), a.get("map50"))]
+    rows += [("recall, clean objects", b.get("recall_clean"), a.get("recall_clean"))]
+    for c in sorted(b.get("recall_by_cause", {})):
+        rows.append((f"recall, cause {c}", b["recall_by_cause"][c], a["recall_by_cause"].get(c)))
+    if "distractor_fp_rate" in b:
+        rows.append(("FP rate on distractors", b["distractor_fp_rate"], a["distractor_fp_rate"]))
+    for name, x, y in rows:
+        lines.append(f"{name:<32}{_fmt(x)}{_fmt(y)}")
+    for m in result["closure_by_mode"]:
+        lines.append(
+            f"{'failure mode ' + str(m['mode_id']) + ' closed':<32}"
+            f"{m['closed_before']:>6}/{m['failures']:<3}{m['closed_after']:>6}/{m['failures']:<3}"
+        )
+    return "\n".join(lines)

@@ -1,98 +1,92 @@
-"""The end-to-end E2X flow. Tasks wrap ``e2x_pipeline.stages``; no logic lives here."""
+"""The end-to-end E2X flow (``e2x run``, ``e2x demo``, ``e2x serve``).
+
+Orchestration only: every task calls one function of ``e2x_pipeline.stages`` (flows/tasks.py);
+the cache keys are in flows/caching.py.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 
 from e2x_pipeline import stages
 from e2x_pipeline.config import E2XConfig
 from e2x_pipeline.io_utils import write_json
 
-
-@task(name="make-benchmark")
-def make_benchmark_task(cfg: E2XConfig) -> Path:
-    return stages.ensure_benchmark(cfg)
-
-
-@task(name="train")
-def train_task(cfg: E2XConfig, progress: bool) -> tuple[Path, dict]:
-    return stages.train_stage(cfg, progress=progress)
-
-
-@task(name="evaluate")
-def evaluate_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
-    return stages.evaluate_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
-
-
-@task(name="mine")
-def mine_task(cfg: E2XConfig, checkpoint: Path, split: str) -> dict:
-    return stages.mine_stage(cfg, stages.detector_for(cfg, checkpoint), split).metrics
+from .caching import refresh_needed
+from .tasks import (  # noqa: F401  (re-exported: the tasks used to live here)
+    cluster_task,
+    evaluate_task,
+    explain_task,
+    make_benchmark_task,
+    mine_task,
+    publish_failures_task,
+    publish_repair_task,
+    publish_task,
+    repair_task,
+    report_task,
+    retrain_task,
+    train_task,
+)
 
 
-# A database connection can drop; bad data cannot be retried away, so only this task retries.
-@task(name="publish-fiftyone", retries=2, retry_delay_seconds=5)
-def publish_task(cfg: E2XConfig, split: str) -> str:
-    return stages.publish_stage(cfg, split)
+def run_cached(task, stage: str, cfg: E2XConfig, split: str, *args, **kwargs):
+    """Call ``task``; its cache is refreshed when the stage's output files are missing."""
+    return task.with_options(refresh_cache=refresh_needed(stage, cfg, split))(*args, **kwargs)
 
 
-@task(name="explain")
-def explain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
-    table = stages.explain_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
-    overlays = stages.overlay_stage(cfg, split)
-    return {
-        "explanations": int(len(table)),
-        "valid": int(table["valid"].sum()) if len(table) else 0,
-        "seconds": float(table["seconds"].sum()) if len(table) else 0.0,
-        "overlays": [str(p) for p in overlays],
-    }
-
-
-@task(name="cluster")
-def cluster_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
-    from e2x_pipeline.cluster import format_modes
-
-    result = stages.cluster_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
-    return {**result.metrics, "table": format_modes(result.modes, result.metrics)}
-
-
-@task(name="repair")
-def repair_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool) -> dict:
-    from e2x_pipeline.repair import format_repair
-
-    result = stages.repair_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
-    return {**result.metrics, "table": format_repair(result.metrics)}
-
-
-@task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)
-def publish_failures_task(cfg: E2XConfig, split: str) -> str:
-    return stages.publish_failures_stage(cfg, split)
-
-
-@task(name="publish-repair-set", retries=2, retry_delay_seconds=5)
-def publish_repair_task(cfg: E2XConfig, split: str) -> str:
-    return stages.publish_repair_stage(cfg, split)
+def trained_checkpoint(cfg: E2XConfig, progress: bool) -> tuple[Path, dict]:
+    """``model.checkpoint`` when configured, else the (cached) trained one."""
+    if cfg.model.checkpoint is not None:
+        return Path(cfg.model.checkpoint), {"train_seconds": None}
+    ckpt, meta = train_task(cfg, progress)
+    if not Path(ckpt).is_file():  # the cached result names a deleted checkpoint
+        ckpt, meta = train_task.with_options(refresh_cache=True)(cfg, progress)
+    return ckpt, meta
 
 
 @flow(name="e2x-pipeline", log_prints=True)
-def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> dict:
-    """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain."""
+def e2x_pipeline(
+    config: dict,
+    progress: bool = True,
+    fiftyone: bool = True,
+    report: bool = True,
+    reports_dir: str = "reports",
+    benchmark: bool = True,
+) -> dict:
+    """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
+    (-> retrain) -> report. ``benchmark=False`` skips generating the planted-failure benchmark
+    (your own data in ``data``)."""
     from e2x_pipeline.mining import format_metrics
+    from e2x_pipeline.report import default_run_id
+    from e2x_pipeline.report.summary import mode_rows, repair_rows, run_markdown
 
     cfg = E2XConfig.model_validate(config)
     split = cfg.data.eval_split
     t0 = time.perf_counter()
-    make_benchmark_task(cfg)
-    ckpt, meta = train_task(cfg, progress)
-    evaluation = [evaluate_task(cfg, ckpt, s, progress) for s in ("val", "test")]
-    mining = mine_task(cfg, ckpt, split)
+    if benchmark:
+        make_benchmark_task(cfg)
+    ckpt, meta = trained_checkpoint(cfg, progress)
+    eval_splits = [s for s in ("val", "test") if Path(cfg.data.split(s).annotations).is_file()]
+    evaluation = [
+        run_cached(evaluate_task, "evaluate", cfg, s, cfg, ckpt, s, progress) for s in eval_splits
+    ]
+    mining = run_cached(mine_task, "mine", cfg, split, cfg, ckpt, split)
     dataset_name = publish_task(cfg, split) if fiftyone else None
-    explained = explain_task(cfg, ckpt, split, progress)
-    modes = cluster_task(cfg, ckpt, split, progress)
-    repair = repair_task(cfg, ckpt, split, progress)
+    explained = run_cached(explain_task, "explain", cfg, split, cfg, ckpt, split, progress)
+    modes = run_cached(cluster_task, "cluster", cfg, split, cfg, ckpt, split, progress)
+    repair = run_cached(repair_task, "repair", cfg, split, cfg, ckpt, split, progress)
+    retrained = None
+    # Issue 7's retrain stage joins here once stages.retrain_stage exists (flows/tasks.py).
+    if retrain_task is not None:
+        retrained = retrain_task(cfg, ckpt, split, progress)
     names = {}
     if fiftyone:
         names = {
@@ -113,47 +107,42 @@ def e2x_pipeline(config: dict, progress: bool = True, fiftyone: bool = True) -> 
         "fiftyone_datasets": names,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if retrained is not None:
+        summary["retrain"] = retrained if isinstance(retrained, dict) else str(retrained)
     write_json(cfg.output_dir / "summary.json", summary)
+    report_path = None
+    if report:
+        report_path = Path(
+            report_task(cfg, split, reports_dir, default_run_id(cfg), fiftyone=fiftyone)
+        )
+        summary["report"] = str(report_path)
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json(cfg.output_dir / "summary.json", summary)
+        create_link_artifact(
+            key="e2x-report",
+            link=report_path.resolve().as_uri(),
+            link_text=f"E2X report {report_path.parent.name}",
+            description="The run's self-contained HTML report",
+        )
     create_markdown_artifact(
         key="e2x-summary",
-        markdown=(
-            "# E2X run\n\n## Detector\n\n```\n" + stages.format_evaluation(evaluation) + "\n```\n\n"
-            f"## Mining ({split})\n\n```\n{format_metrics(mining)}\n```\n\n"
-            f"FiftyOne dataset `{dataset_name}`, saved view `e2x-failures`.\n\n"
-            f"## Explanations\n\n{explained['explanations']} explanations "
-            f"({explained['valid']} valid), overlays under `{stages.split_dir(cfg, split)}`.\n\n"
-            f"## Failure modes\n\n```\n{modes['table']}\n```\n\n"
-            f"## Repair set\n\n```\n{repair['table']}\n```\n\n"
-            + (
-                f"FiftyOne: `{names['failures']}` (views `e2x-failures`, `e2x-mode-<k>`), "
-                f"`{names['pool']}` (view `e2x-repair`).\n"
-                if names
-                else ""
-            )
+        markdown=run_markdown(
+            cfg,
+            split,
+            summary,
+            report=report_path,
+            evaluation_text=stages.format_evaluation(evaluation) if evaluation else "",
         ),
         description="E2X pipeline summary",
     )
     create_table_artifact(
-        key="e2x-causes",
-        table=[
-            {"cause": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, dict)}}
-            for k, v in mining.get("causes", {}).items()
-        ],
-        description="Failure breakdown per planted cause",
-    )
-    create_table_artifact(
         key="e2x-failure-modes",
-        table=[
-            {k: m[k] for k in ("mode_id", "kind", "size", "n_candidates", "cause", "cause_share")}
-            for m in modes["modes"]
-        ],
+        table=mode_rows(modes.get("modes", [])),
         description="Failure modes: clusters of failing features",
     )
     create_table_artifact(
         key="e2x-repair-set",
-        table=[
-            {"cause": c, **v} for c, v in repair.get("precision", {}).get("per_cause", {}).items()
-        ],
-        description="Repair set: precision per planted cause against the pool's base rate",
+        table=repair_rows(cfg, split),
+        description="Repair set: the selected pool images and their matching regions",
     )
     return summary

@@ -1,6 +1,8 @@
 """The e2x-pipeline Prefect flow end to end on a tiny benchmark: a real Prefect run (session
 harness), a real FiftyOne database (session mongod), and an idempotent rerun."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from e2x_pipeline.config import load_config
@@ -28,8 +30,11 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
             "data.fiftyone_dataset": "e2x-test-flow",
         },
     )
-    summary = e2x_pipeline(cfg.model_dump(mode="json"), progress=False)
+    reports = str(tmp_path / "reports")
+    summary = e2x_pipeline(cfg.model_dump(mode="json"), progress=False, reports_dir=reports)
     run = tmp_path / "run" / "val"
+    report = tmp_path / "reports" / Path(summary["report"]).parent.name / "index.html"
+    assert report.is_file() and "Failure gallery" in report.read_text()
     cands = pd.read_parquet(run / "candidates.parquet")
     expl = pd.read_parquet(run / "explanations.parquet")
     n_failures = int(cands["outcome"].isin(["fp", "fn"]).sum())
@@ -52,7 +57,7 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     assert len(pool.load_saved_view("e2x-repair")) == summary["repair"]["selected"]
 
     # A rerun: the checkpoint is reused, nothing is explained twice, FiftyOne holds no duplicates.
-    summary2 = e2x_pipeline(cfg.model_dump(mode="json"), progress=False)
+    summary2 = e2x_pipeline(cfg.model_dump(mode="json"), progress=False, reports_dir=reports)
     assert summary2["checkpoint"] == summary["checkpoint"]
     expl2 = pd.read_parquet(run / "explanations.parquet")
     pd.testing.assert_frame_equal(expl, expl2)

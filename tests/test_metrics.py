@@ -174,8 +174,17 @@ def test_energy_in_region():
 
 def test_candidate_region_cause_then_gt_then_candidate():
     causes = {"val/1/0": {"cause_id": "val/1/0", "region_bbox": [10, 20, 30, 5]}}
-    row = {"cause_id": "val/1/0", "gt_x1": 0, "gt_y1": 0, "gt_x2": 5, "gt_y2": 5,
-           "box_x1": 1, "box_y1": 1, "box_x2": 2, "box_y2": 2}  # fmt: skip
+    row = {
+        "cause_id": "val/1/0",
+        "gt_x1": 0,
+        "gt_y1": 0,
+        "gt_x2": 5,
+        "gt_y2": 5,
+        "box_x1": 1,
+        "box_y1": 1,
+        "box_x2": 2,
+        "box_y2": 2,
+    }
     r = candidate_region(row, causes)
     assert r.source == "cause" and r.box == (10.0, 20.0, 40.0, 25.0)  # COCO xywh -> xyxy
     assert candidate_region(row, None).source == "gt"  # no planted causes: the GT box
@@ -248,19 +257,41 @@ def test_sanity_cascade_gradient_map_drops_edge_map_does_not(benchmark_detector,
 
 def test_select_detections_is_deterministic_and_fills_quotas():
     rows = []
-    kinds = [("fn", "occluder"), ("fn", "camouflage"), ("fp", "distractor"), ("fp", "occluder"),
-             ("fn", None), ("fp", None), ("tp", None), ("tp", None)]  # fmt: skip
+    kinds = [
+        ("fn", "occluder"),
+        ("fn", "camouflage"),
+        ("fp", "distractor"),
+        ("fp", "occluder"),
+        ("fn", None),
+        ("fp", None),
+        ("tp", None),
+        ("tp", None),
+    ]
     for image_id in range(1, 41):
         for j, (outcome, cause) in enumerate(kinds[(image_id % 4) * 2 :][:3] + [kinds[6]]):
-            rows.append({"candidate_id": f"val/{image_id}/{j}", "image_id": image_id,
-                         "anchor": j, "outcome": outcome, "cause": cause})  # fmt: skip
+            rows.append(
+                {
+                    "candidate_id": f"val/{image_id}/{j}",
+                    "image_id": image_id,
+                    "anchor": j,
+                    "outcome": outcome,
+                    "cause": cause,
+                }
+            )
     c = pd.DataFrame(rows)
     a = select_detections(c, 6, 2)
     assert a.equals(select_detections(c.sample(frac=1, random_state=0), 6, 2))
     assert len(a) == 12 and (a.groupby("image_id").size() == 2).all()
     assert a["group"].value_counts().to_dict() == _quotas(12)  # every group's share filled
-    assert _quotas(12) == {"fn:occluder": 2, "fn:camouflage": 2, "fp:distractor": 2,
-                           "fp:cause": 1, "fn:none": 1, "fp:none": 1, "tp": 3}  # fmt: skip
+    assert _quotas(12) == {
+        "fn:occluder": 2,
+        "fn:camouflage": 2,
+        "fp:distractor": 2,
+        "fp:cause": 1,
+        "fn:none": 1,
+        "fp:none": 1,
+        "tp": 3,
+    }
     assert sum(_quotas(36).values()) == 36 and _quotas(36)["tp"] == 9
 
 
@@ -298,12 +329,16 @@ def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsy
                 "output_dir": str(tmp_path / "run"),
                 "data": {"root": str(tiny_benchmark)},
                 "model": {"checkpoint": str(fixture)},
-                "explain": {"methods": ["e2x", "drise"], "k": 4, "drise_masks": 16,
-                            "max_candidates": 6},
+                "explain": {
+                    "methods": ["e2x", "drise"],
+                    "k": 4,
+                    "drise_masks": 16,
+                    "max_candidates": 6,
+                },
                 "metrics": {"steps": 4, "sanity": True},
             }
         )
-    )  # fmt: skip
+    )
     assert main(["evaluate-explanations", "--config", str(cfg_path)]) == 1  # nothing explained
     assert "run 'e2x explain --split val'" in capsys.readouterr().err
     cfg = load_config(cfg_path)

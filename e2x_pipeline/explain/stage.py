@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ TABLE_COLUMNS = (
     "segments_key",
 )
 FLUSH_SECONDS = 60.0
+"""How often finished rows are written out; ``$E2X_EXPLAIN_FLUSH_SECONDS`` overrides it (0: after
+every image, as the SIGKILL resume test does)."""
 
 
 def method_outputs(method: str, cfg: ExplainConfig) -> list[TargetOutput]:
@@ -304,7 +307,9 @@ def explain_candidates(
                 arrays[f"{exp.candidate_id}|{method}|{output}"] = _compact(exp.pixel_map)
                 new_rows.append(_row(exp, int(image_id), map_rel, seg_key))
         _write_maps(safe_join(out_dir, map_rel), arrays)
-        if time.monotonic() - last_flush > FLUSH_SECONDS:
+        if time.monotonic() - last_flush >= float(
+            os.environ.get("E2X_EXPLAIN_FLUSH_SECONDS", FLUSH_SECONDS)
+        ):
             flush()
             last_flush = time.monotonic()
     if torch.cuda.is_available():

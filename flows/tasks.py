@@ -1,0 +1,99 @@
+"""Prefect tasks: each calls one library function from ``e2x_pipeline.stages``.
+
+Compute tasks are cached on content hashes (:mod:`flows.caching`); they never retry, because a
+failure there is bad data or a bug, and retrying would only repeat it. The publish tasks write to
+FiftyOne's database, whose connection can drop: only they retry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from e2x_pipeline import stages
+from e2x_pipeline.config import E2XConfig
+
+from .caching import cache_key_for
+
+
+@task(name="make-benchmark")
+def make_benchmark_task(cfg: E2XConfig) -> Path:
+    return stages.ensure_benchmark(cfg)
+
+
+@task(name="train", cache_key_fn=cache_key_for("train"))
+def train_task(cfg: E2XConfig, progress: bool = True) -> tuple[Path, dict]:
+    return stages.train_stage(cfg, progress=progress)
+
+
+@task(name="evaluate", cache_key_fn=cache_key_for("evaluate"))
+def evaluate_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
+    return stages.evaluate_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+
+
+@task(name="mine", cache_key_fn=cache_key_for("mine"))
+def mine_task(cfg: E2XConfig, checkpoint: Path, split: str) -> dict:
+    return stages.mine_stage(cfg, stages.detector_for(cfg, checkpoint), split).metrics
+
+
+@task(name="explain", cache_key_fn=cache_key_for("explain"))
+def explain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
+    table = stages.explain_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+    overlays = stages.overlay_stage(cfg, split)
+    return {
+        "explanations": int(len(table)),
+        "valid": int(table["valid"].sum()) if len(table) else 0,
+        "seconds": float(table["seconds"].sum()) if len(table) else 0.0,
+        "overlays": [str(p) for p in overlays],
+    }
+
+
+@task(name="cluster", cache_key_fn=cache_key_for("cluster"))
+def cluster_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
+    from e2x_pipeline.cluster import format_modes
+
+    result = stages.cluster_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+    return {**result.metrics, "table": format_modes(result.modes, result.metrics)}
+
+
+@task(name="repair", cache_key_fn=cache_key_for("repair"))
+def repair_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
+    from e2x_pipeline.repair import format_repair
+
+    result = stages.repair_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+    return {**result.metrics, "table": format_repair(result.metrics)}
+
+
+# Retraining (issue 7): wired when ``stages.retrain_stage`` exists; see flows/stage_flows.py.
+if hasattr(stages, "retrain_stage"):
+
+    @task(name="retrain", cache_key_fn=cache_key_for("retrain"))
+    def retrain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True):
+        return stages.retrain_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
+
+else:  # pragma: no cover - until issue 7 lands
+    retrain_task = None
+
+
+# A database connection can drop; bad data cannot be retried away, so only these tasks retry.
+@task(name="publish-fiftyone", retries=2, retry_delay_seconds=5)
+def publish_task(cfg: E2XConfig, split: str) -> str:
+    return stages.publish_stage(cfg, split)
+
+
+@task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)
+def publish_failures_task(cfg: E2XConfig, split: str) -> str:
+    return stages.publish_failures_stage(cfg, split)
+
+
+@task(name="publish-repair-set", retries=2, retry_delay_seconds=5)
+def publish_repair_task(cfg: E2XConfig, split: str) -> str:
+    return stages.publish_repair_stage(cfg, split)
+
+
+@task(name="report")
+def report_task(cfg: E2XConfig, split: str, reports_dir: str, run_id: str, fiftyone: bool) -> str:
+    from e2x_pipeline.report import build_report
+
+    return str(build_report(cfg, split, reports_dir, run_id, fiftyone=fiftyone))
