@@ -236,22 +236,9 @@ def _run_flow_args(p: argparse.ArgumentParser) -> None:
         help="do not generate the planted-failure benchmark (your own data in the config)",
     )
     p.add_argument(
-        "--task-runner",
-        choices=["thread", "dask"],
-        default="thread",
-        help="thread: tasks in this process (default); dask: spread the per-image explain tasks "
-        "over Dask workers (needs the 'dask' extra: pip install -e .[dask])",
-    )
-    p.add_argument(
-        "--dask-address",
-        metavar="tcp://HOST:PORT",
-        help="a running Dask scheduler for --task-runner dask (default: a LocalCluster)",
-    )
-    p.add_argument(
-        "--dask-workers",
-        type=int,
-        default=2,
-        help="workers of the LocalCluster when no --dask-address is given (default: 2)",
+        "--no-retrain",
+        action="store_true",
+        help="do not retrain with the repair set (it needs the pool's labels)",
     )
 
 
@@ -263,18 +250,13 @@ def _flow_parameters(cfg: E2XConfig, args: argparse.Namespace) -> dict:
         "report": not args.no_report,
         "reports_dir": str(args.reports_dir),
         "benchmark": not args.no_benchmark,
+        "retrain": not args.no_retrain,
     }
 
 
 def _pipeline_flow(args: argparse.Namespace):
     from flows.pipeline import e2x_pipeline
 
-    if args.task_runner == "dask":
-        from flows.runners import dask_task_runner
-
-        return e2x_pipeline.with_options(
-            task_runner=dask_task_runner(args.dask_address, args.dask_workers)
-        )
     return e2x_pipeline
 
 

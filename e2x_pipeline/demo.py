@@ -47,6 +47,10 @@ def print_run(summary: dict) -> None:
     print(f"{ex['explanations']} explanations ({ex['valid']} valid)")
     print(summary["failure_modes"]["table"])
     print(summary["repair"]["table"])
+    if summary.get("retrain"):
+        from .stages import format_retrain
+
+        print(format_retrain(summary["retrain"]))
     for key, name in (summary.get("fiftyone_datasets") or {}).items():
         print(f"FiftyOne {key}: '{name}'")
     if summary.get("report"):

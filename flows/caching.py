@@ -32,7 +32,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "explain": ("model", "mining", "explain"),
     "cluster": ("model", "mining", "explain", "cluster"),
     "repair": ("model", "mining", "explain", "cluster", "repair"),
-    "retrain": ("model", "mining", "explain", "cluster", "repair", "retrain"),
+    "retrain": ("model", "train", "mining", "explain", "cluster", "repair", "retrain"),
 }
 # The files a stage leaves in <output_dir>/<split>/ (evaluate: in <output_dir>/).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
@@ -92,10 +92,10 @@ def stage_key(stage: str, cfg: E2XConfig, split: str | None, checkpoint: Any = N
         "data": data_hash(cfg, split) if split else None,
         "checkpoint": checkpoint_hash(checkpoint),
     }
-    if stage == "repair":  # repair also reads the pool
+    if stage in ("repair", "retrain"):  # they also read the pool
         payload["pool"] = data_hash(cfg, cfg.repair.pool_split)
-    if stage == "train":
-        payload["data"] = data_hash(cfg, "train")
+    if stage in ("train", "retrain"):
+        payload["train_data"] = data_hash(cfg, "train")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -117,6 +117,8 @@ def refresh_needed(stage: str, cfg: E2XConfig, split: str) -> bool:
 
     if stage == "evaluate":
         return not (Path(cfg.output_dir) / f"evaluation-{split}.json").is_file()
+    if stage == "retrain":
+        return not (Path(cfg.output_dir) / "retrain.json").is_file()
     if stage == "train":
         return False  # train_stage keeps its own checkpoint cache and checks the file
     d = split_dir(cfg, split)

@@ -60,10 +60,12 @@ def e2x_pipeline(
     report: bool = True,
     reports_dir: str = "reports",
     benchmark: bool = True,
+    retrain: bool = True,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
-    (-> retrain) -> report. ``benchmark=False`` skips generating the planted-failure benchmark
-    (your own data in ``data``)."""
+    -> retrain -> report. ``benchmark=False`` skips generating the planted-failure benchmark
+    (your own data in ``data``); retraining runs when ``retrain`` and the pool has labels
+    (``repair.pool_labels`` or the benchmark's)."""
     from e2x_pipeline.mining import format_metrics
     from e2x_pipeline.report import default_run_id
     from e2x_pipeline.report.summary import mode_rows, repair_rows, run_markdown
@@ -84,9 +86,8 @@ def e2x_pipeline(
     modes = run_cached(cluster_task, "cluster", cfg, split, cfg, ckpt, split, progress)
     repair = run_cached(repair_task, "repair", cfg, split, cfg, ckpt, split, progress)
     retrained = None
-    # Issue 7's retrain stage joins here once stages.retrain_stage exists (flows/tasks.py).
-    if retrain_task is not None:
-        retrained = retrain_task(cfg, ckpt, split, progress)
+    if retrain and stages.pool_labels(cfg) is not None:
+        retrained = run_cached(retrain_task, "retrain", cfg, split, cfg, ckpt, split, progress)
     names = {}
     if fiftyone:
         names = {
@@ -108,7 +109,7 @@ def e2x_pipeline(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if retrained is not None:
-        summary["retrain"] = retrained if isinstance(retrained, dict) else str(retrained)
+        summary["retrain"] = retrained
     write_json(cfg.output_dir / "summary.json", summary)
     report_path = None
     if report:

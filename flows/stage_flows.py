@@ -1,7 +1,7 @@
-"""One Prefect flow per stage (mine, explain, cluster, repair, evaluate; retrain once issue 7's
-``stages.retrain_stage`` exists). Each resolves the checkpoint (``model.checkpoint`` or the cached
-trained one) and runs the stage's cached task; ``e2x_pipeline`` in flows/pipeline.py runs them all.
-"""
+"""One Prefect flow per stage: evaluate, mine, explain, cluster, repair, retrain.
+
+Each resolves the checkpoint (``model.checkpoint`` or the cached trained one) and runs the stage's
+cached task; ``e2x_pipeline`` in flows/pipeline.py runs them all."""
 
 from __future__ import annotations
 
@@ -59,15 +59,11 @@ def repair_flow(config: dict, split: str | None = None, progress: bool = True) -
     return run_cached(repair_task, "repair", cfg, split, cfg, ckpt, split, progress)
 
 
-if retrain_task is not None:
+@flow(name="e2x-retrain", log_prints=True)
+def retrain_flow(config: dict, split: str | None = None, progress: bool = True) -> dict:
+    cfg, split, ckpt = _setup(config, split, progress)
+    return run_cached(retrain_task, "retrain", cfg, split, cfg, ckpt, split, progress)
 
-    @flow(name="e2x-retrain", log_prints=True)
-    def retrain_flow(config: dict, split: str | None = None, progress: bool = True):
-        cfg, split, ckpt = _setup(config, split, progress)
-        return retrain_task(cfg, ckpt, split, progress)
-
-else:  # pragma: no cover - until issue 7 lands
-    retrain_flow = None
 
 STAGE_FLOWS = {
     "evaluate": evaluate_flow,
@@ -75,5 +71,5 @@ STAGE_FLOWS = {
     "explain": explain_flow,
     "cluster": cluster_flow,
     "repair": repair_flow,
-    **({"retrain": retrain_flow} if retrain_flow is not None else {}),
+    "retrain": retrain_flow,
 }

@@ -65,15 +65,9 @@ def repair_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = T
     return {**result.metrics, "table": format_repair(result.metrics)}
 
 
-# Retraining (issue 7): wired when ``stages.retrain_stage`` exists; see flows/stage_flows.py.
-if hasattr(stages, "retrain_stage"):
-
-    @task(name="retrain", cache_key_fn=cache_key_for("retrain"))
-    def retrain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True):
-        return stages.retrain_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
-
-else:  # pragma: no cover - until issue 7 lands
-    retrain_task = None
+@task(name="retrain", cache_key_fn=cache_key_for("retrain"))
+def retrain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
+    return stages.retrain_stage(cfg, checkpoint, split, progress)
 
 
 # A database connection can drop; bad data cannot be retried away, so only these tasks retry.

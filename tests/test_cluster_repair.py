@@ -244,3 +244,55 @@ def test_fiftyone_failures_heatmaps_views_repair_and_export(
         safe_join(tmp_path / "export", "../../elsewhere")
     for n in names:
         fo.delete_dataset(n)
+
+
+def test_retrain_with_the_repair_set_closes_failure_modes(
+    repaired, clustered, explained, benchmark_detector, tmp_path
+):
+    """Fine-tuning on the repair set (labels revealed) closes camouflage and distractor failures
+    that the base detector had, by definition, all open; the checkpoint records its lineage."""
+    from e2x_pipeline.config import RetrainConfig, TrainConfig
+    from e2x_pipeline.detectors import load_checkpoint
+    from e2x_pipeline.retrain import (
+        closure_by_mode,
+        repair_set_id,
+        retrain_detector,
+        reveal_labels,
+        save_retrained,
+    )
+
+    root, out = explained
+    labels = load_coco(root / "annotations/pool_labels.json", root / "images/pool")
+    val = load_coco(root / "annotations/val.json", root / "images/val")
+    chosen = repaired.repair_set["file_name"].tolist()
+    added = reveal_labels(labels, chosen)
+    assert sorted(im["file_name"] for im in added.images.values()) == sorted(chosen)
+    assert sum(map(len, added.annotations.values())) == sum(
+        len(labels.annotations.get(i, [])) for i in added.image_ids
+    )
+    with pytest.raises(ValueError, match="no record in"):
+        reveal_labels(labels, ["not_a_pool_image.png"])
+    # the rest of the pool (labelled) stands in for the train split, to keep the test short
+    rest = reveal_labels(
+        labels, [im["file_name"] for im in labels.images.values() if im["file_name"] not in chosen]
+    )
+    cands = pd.read_parquet(out / "candidates.parquet")
+    before = closure_by_mode(benchmark_detector, val, cands, clustered.features)
+    assert (before["closed"] == 0).all()  # every member is a failure at the operating threshold
+    cfg = RetrainConfig(epochs=2, repeat=4)
+    after_det, log = retrain_detector(
+        benchmark_detector, rest, added, cfg, TrainConfig(), seed=0, progress=False
+    )
+    assert log["images"] == len(rest.images) + 4 * len(added.images)
+    # the base detector was not touched (fine-tuning works on a copy)
+    assert closure_by_mode(benchmark_detector, val, cands, clustered.features).equals(before)
+    after = closure_by_mode(after_det, val, cands, clustered.features).set_index("mode_id")
+    modes = clustered.modes.set_index("mode_id")
+    for cause in ("camouflage", "distractor"):
+        mode_id = modes.index[modes["cause"] == cause][0]
+        assert after.loc[mode_id, "closed_share"] >= 0.2, (cause, after)
+    path = tmp_path / "retrained.pt"
+    meta = save_retrained(path, after_det, Path("parent.pt"), added, log, rest, cfg)
+    state, loaded = load_checkpoint(path)
+    assert loaded["parent"] == "parent.pt" and loaded["repair_set_id"] == repair_set_id(chosen)
+    assert loaded["classes"] == benchmark_detector.classes and meta["repair_set_images"] == 20

@@ -57,7 +57,23 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     assert len(pool.load_saved_view("e2x-repair")) == summary["repair"]["selected"]
 
     # A rerun: the checkpoint is reused, nothing is explained twice, FiftyOne holds no duplicates.
-    summary2 = e2x_pipeline(cfg.model_dump(mode="json"), progress=False, reports_dir=reports)
+    state2 = e2x_pipeline(
+        cfg.model_dump(mode="json"), progress=False, reports_dir=reports, return_state=True
+    )
+    summary2 = state2.result()
+    # nothing changed: the compute tasks are served from the cache (content-hash keys)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state2.state_details.flow_run_id])
+            )
+        )
+    states = {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    for name in ("train", "evaluate", "mine", "explain", "cluster", "repair"):
+        assert states[name] == "Cached", states
     assert summary2["checkpoint"] == summary["checkpoint"]
     expl2 = pd.read_parquet(run / "explanations.parquet")
     pd.testing.assert_frame_equal(expl, expl2)
