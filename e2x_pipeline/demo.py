@@ -30,6 +30,11 @@ def print_summary(summary: dict) -> None:
             f"FiftyOne: '{names['failures']}' (views e2x-failures, e2x-mode-<k>, fo.Heatmap "
             f"fields), '{names['pool']}' (view e2x-repair). Open: e2x app --view e2x-repair"
         )
+    if summary.get("retrain"):
+        from .stages import format_retrain
+
+        print("\n== 6. Before/after: retrained with the repair set ==")
+        print(format_retrain(summary["retrain"]))
     if summary.get("report"):
         print(f"\nHTML report: {summary['report']}")
     print(f"\ndemo finished in {summary['seconds']} s")
