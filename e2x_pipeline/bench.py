@@ -157,3 +157,11 @@ def bench_repair(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
     from .bench_repair import bench_repair as run
 
     return run(cfg, out_dir, progress)
+
+
+def bench_scale(cfg: E2XConfig, out_dir: Path, progress: bool = True) -> dict:
+    """The explain stage on 1 against 2 Dask workers (LocalCluster, one thread each) in one run
+    (see ``bench_scale.py``). Target (issue 8): speedup >= 1.7x."""
+    from .bench_scale import bench_scale as run
+
+    return run(cfg, out_dir, progress)

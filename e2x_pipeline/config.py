@@ -184,7 +184,7 @@ class RetrainConfig(_Section):
 
     mode: Literal["finetune", "scratch"] = "finetune"
     """finetune: continue from the checkpoint; scratch: train anew with train.* settings."""
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(4, ge=1)
     """Fine-tuning epochs (scratch uses train.epochs)."""
     lr: float = Field(1e-3, gt=0)
     repeat: int = Field(4, ge=1)

@@ -61,11 +61,13 @@ def e2x_pipeline(
     reports_dir: str = "reports",
     benchmark: bool = True,
     retrain: bool = True,
+    dask: dict | None = None,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
     -> retrain -> report. ``benchmark=False`` skips generating the planted-failure benchmark
     (your own data in ``data``); retraining runs when ``retrain`` and the pool has labels
-    (``repair.pool_labels`` or the benchmark's)."""
+    (``repair.pool_labels`` or the benchmark's). ``dask`` (``flows.runners.dask_options``) runs
+    the explain stage in chunks of images on Dask workers."""
     from e2x_pipeline.mining import format_metrics
     from e2x_pipeline.report import default_run_id
     from e2x_pipeline.report.summary import mode_rows, repair_rows, run_markdown
@@ -82,7 +84,12 @@ def e2x_pipeline(
     ]
     mining = run_cached(mine_task, "mine", cfg, split, cfg, ckpt, split)
     dataset_name = publish_task(cfg, split) if fiftyone else None
-    explained = run_cached(explain_task, "explain", cfg, split, cfg, ckpt, split, progress)
+    if dask:  # chunks of images on Dask workers (flows/dask_explain.py; not task-cached)
+        from .dask_explain import explain_with_dask
+
+        explained = explain_with_dask(cfg, split, dask, progress, checkpoint=ckpt)
+    else:
+        explained = run_cached(explain_task, "explain", cfg, split, cfg, ckpt, split, progress)
     modes = run_cached(cluster_task, "cluster", cfg, split, cfg, ckpt, split, progress)
     repair = run_cached(repair_task, "repair", cfg, split, cfg, ckpt, split, progress)
     retrained = None

@@ -296,3 +296,35 @@ def test_retrain_with_the_repair_set_closes_failure_modes(
     state, loaded = load_checkpoint(path)
     assert loaded["parent"] == "parent.pt" and loaded["repair_set_id"] == repair_set_id(chosen)
     assert loaded["classes"] == benchmark_detector.classes and meta["repair_set_images"] == 20
+
+
+def test_bench_repair_targets():
+    from e2x_pipeline.bench_repair import targets_at
+
+    rows = [
+        ("e2x", 12.0, 20.0, 0.95),
+        ("random", 5.0, 10.0, 0.955),
+        ("least_confidence", 9.0, 15.0, 0.94),
+        ("similarity", -1.0, 2.0, 0.93),
+    ]
+    summary = pd.DataFrame(
+        [
+            {
+                "budget_share": 0.05,
+                "strategy": s,
+                "fn_recovered": f,
+                "map50": m,
+                "distractor_fps_removed": d,
+            }
+            for s, f, d, m in rows
+        ]
+    )
+    t = targets_at(summary)
+    assert t["fn_recovered e2x / random (>= 2)"]["ratio"] == pytest.approx(2.4)
+    assert t["fn_recovered e2x / random (>= 2)"]["met"]
+    # similarity lost objects: any gain beats it
+    assert t["fn_recovered e2x / similarity (>= 1.3)"]["met"]
+    drop = t["map50 drop vs best strategy, points (<= 1)"]
+    assert drop["value"] == pytest.approx(0.5) and drop["met"]
+    summary.loc[summary["strategy"] == "e2x", "map50"] = 0.94
+    assert not targets_at(summary)["map50 drop vs best strategy, points (<= 1)"]["met"]

@@ -199,11 +199,14 @@ def explain_candidates(
     *,
     progress: bool = True,
     options: dict[str, dict[str, Any]] | None = None,
+    table_name: str = "explanations.parquet",
 ) -> pd.DataFrame:
     """Explain every candidate row with every ``cfg.methods`` method; return the full table.
 
     ``reference`` is the dataset mean (``[3, H, W]`` or ``[3]``) used when
     ``cfg.reference == "mean"``; ``zeros`` and ``blur`` references are made per image.
+    ``table_name`` is the table read and written under ``out_dir`` (a scale-out chunk writes
+    ``parts/explanations-<chunk>.parquet``, see :mod:`e2x_pipeline.explain.parts`).
     """
     _check_candidates(candidates)
     if cfg.max_candidates is not None and len(candidates) > cfg.max_candidates:
@@ -214,7 +217,7 @@ def explain_candidates(
         )
         candidates = candidates.head(cfg.max_candidates)
     out_dir = Path(out_dir)
-    table_path = out_dir / "explanations.parquet"
+    table_path = safe_join(out_dir, table_name)
     existing = (
         pd.read_parquet(table_path)
         if table_path.is_file()

@@ -1,0 +1,115 @@
+"""``e2x bench scale``: the explain stage on 1 against 2 Dask workers, in one run.
+
+The eval split's mined failures (``<output_dir>/<split>/candidates.parquet``, e.g. the demo's
+``runs/demo/val``; ``explain.max_candidates`` takes a subset) are explained from scratch into a
+fresh folder per worker count, on a LocalCluster of N single-threaded worker processes with
+``torch.set_num_threads(1)`` in every task, 4 chunks per worker. The time measured is the explain
+stage's wall time from the first submitted chunk to the merged table (the cluster's start-up and
+the overlays are left out and reported apart). Both runs must give the same table.
+Target (issue 8): speedup >= 1.7x with 2 workers. Results: ``reports/bench/scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import E2XConfig
+
+WORKERS = (1, 2)
+TARGET = 1.7
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    cols = [c for c in a.columns if c not in ("seconds", "values")]
+    if len(a) != len(b) or not a[cols].equals(b[cols]):
+        return False
+    return all(np.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a["values"], b["values"]))
+
+
+def bench_scale(
+    cfg: E2XConfig, out_dir: Path, progress: bool = True, workers: tuple[int, ...] = WORKERS
+) -> dict:
+    from flows.dask_explain import explain_with_dask
+    from flows.runners import dask_options
+
+    from . import stages
+    from .bench import write_bench
+
+    split = cfg.data.eval_split
+    src = stages.candidates_table(cfg, split).parent
+    ckpt = cfg.model.checkpoint or stages.train_stage(cfg, progress=progress)[0]
+    cands = stages.failures(pd.read_parquet(src / "candidates.parquet"), cfg.explain.max_candidates)
+    work = Path(tempfile.mkdtemp(prefix="e2x-bench-scale-"))
+    runs, tables = [], []
+    try:
+        for n in workers:
+            out = work / f"workers-{n}"
+            (out / split).mkdir(parents=True)
+            shutil.copy(src / "candidates.parquet", out / split / "candidates.parquet")
+            run_cfg = cfg.model_copy(update={"output_dir": out})
+            load_before = os.getloadavg()
+            t0 = time.perf_counter()
+            result = explain_with_dask(
+                run_cfg, split, dask_options(workers=n), progress=False, checkpoint=ckpt
+            )
+            total = time.perf_counter() - t0
+            tables.append(pd.read_parquet(out / split / "explanations.parquet"))
+            runs.append(
+                {
+                    "workers": n,
+                    "explain_seconds": result["wall_seconds"],
+                    "total_seconds": round(total, 2),
+                    "chunks": len(result["chunks"]),
+                    "chunk_seconds": [c["seconds"] for c in result["chunks"]],
+                    "worker_processes": len({c["pid"] for c in result["chunks"]}),
+                    "explanations": result["explanations"],
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                }
+            )
+            if progress:
+                print(f"{n} worker(s): {result['wall_seconds']:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = runs[0]["explain_seconds"]
+    for r in runs:
+        r["speedup"] = round(base / r["explain_seconds"], 3)
+    speedup = runs[-1]["speedup"]
+    same = all(_same_rows(tables[0], t) for t in tables[1:])
+    result_d = {
+        "split": split,
+        "source": str(src),
+        "checkpoint": str(ckpt),
+        "candidates": int(len(cands)),
+        "images": int(cands["image_id"].nunique()),
+        "methods": list(cfg.explain.methods),
+        "runs": runs,
+        "speedup": speedup,
+        "target": f">= {TARGET}",
+        "target_met": speedup >= TARGET,
+        "same_table": same,
+    }
+    rows = "\n".join(
+        f"| {r['workers']} | {r['explain_seconds']:.1f} | {r['total_seconds']:.1f} | "
+        f"{r['chunks']} | {r['speedup']:.2f} | {r['load_average_before'][0]:.2f} |"
+        for r in runs
+    )
+    md = (
+        f"Explain stage on `{src}`: {len(cands)} failures on {result_d['images']} images, "
+        f"methods {', '.join(cfg.explain.methods)}; LocalCluster of N worker processes with one "
+        f"thread each, `torch.set_num_threads(1)` in each task, {os.cpu_count()} CPU cores.\n\n"
+        "| workers | explain s (submit to merged table) | total s (with cluster start, overlays) "
+        "| chunks | speedup | load avg (1 min) before |\n|---|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        f"Speedup with {runs[-1]['workers']} workers: **{speedup:.2f}x** (target >= {TARGET}: "
+        f"{'met' if speedup >= TARGET else 'MISSED'}). Same table from every run: {same}."
+    )
+    write_bench(out_dir, "scale", result_d, md)
+    return result_d
