@@ -829,6 +829,14 @@ def _targets(
             f"{head['e2x']} (rho {head['e2x_rho']}) vs {head['lime']} (rho {head['lime_rho']}):"
             f" {head['speed_ratio']}x"
         )
+        top = max(e2x, key=rho_l)
+        for lm in lime:
+            if rho_l(top) < rho_l(lm):
+                notes[key] += (
+                    f"; not matched: {lm['setting']} (rho {lm['rho_lime_ref']}; best E2X "
+                    f"{top['setting']} rho {top['rho_lime_ref']}, "
+                    f"{speed(top) / speed(lm):.1f}x faster)"
+                )
     else:
         best = max(e2x, key=rho_l)
         met[key] = False
@@ -886,6 +894,10 @@ def _targets(
         if all_cause
         else f"e2x K=32: {rate} on the fixed set's {e32['cause_failures']} cause failures"
     )
+    if all_cause:
+        notes[key] += "; by cause " + ", ".join(
+            f"{k} {v['hit_rate']}" for k, v in all_cause["by_cause"].items()
+        )
     # 5. sanity: |rho| after full randomisation
     key = "sanity |rho| (E2X, full randomisation) < 0.2"
     met[key] = e32["sanity_abs_rho"] is not None and e32["sanity_abs_rho"] < 0.2
@@ -893,6 +905,11 @@ def _targets(
         f"e2x K=32: mean |rho| {e32['sanity_abs_rho']} (signed mean {e32['sanity_rho']}, "
         f"Spearman of |maps| {e32['sanity_spearman_abs']})"
     )
+    full = sanity[sanity["full"]] if len(sanity) else sanity
+    for label in ("ig K=32", "ig K=32 on superpixels"):
+        d = full[full["setting"] == label] if len(full) else full
+        if len(d):
+            notes[key] += f"; {label}: mean |rho| {_r(_mean(np.abs(d['rho'])))}"
     return ratios, met, notes
 
 
@@ -983,7 +1000,11 @@ def _markdown(result: dict[str, Any], size: BenchSize) -> str:
         f"Size `{size.name}`: {result['detections']} detections on {result['images']} images of "
         f"`{result['split']}` ({_fmt(result['outcomes'])}; groups "
         f"{_fmt(result['detection_groups'])}), detector `{result['checkpoint']}`. "
-        f"Total wall time {result['wall_seconds']} s.",
+        f"Total wall time {result['wall_seconds']} s; load average (1, 5, 15 min) "
+        f"{_fmt([round(x, 2) for x in result['load_average_1_5_15']['start']])} at the start "
+        f"and {_fmt([round(x, 2) for x in result['load_average_1_5_15']['end']])} at the end "
+        f"on {environment()['cpu_count']} CPU cores (a load above the core count means other "
+        "processes shared them, which slows every method alike).",
         "",
         f"References for every detection: LIME `{refs['lime_ref']}` and PDA `{refs['pda_ref']}`."
         f" The paper's references (`{refs['paper_lime_ref']}`, `{refs['paper_pda_ref']}`) on "

@@ -56,8 +56,12 @@ def explain_chunk_task(
     image_ids: list[int],
     reference: Any = None,
     torch_threads: int | None = 1,
+    base_dir: str | None = None,
 ) -> dict:
-    """Explain one chunk of images on a worker; writes its part table and the images' maps."""
+    """Explain one chunk of images on a worker; writes its part table and the images' maps.
+
+    ``config`` and ``checkpoint`` name absolute paths; relative image paths in the candidates
+    table are taken from ``base_dir`` (the submitting process's working folder)."""
     import pandas as pd
     import torch
     from prefect.settings import PREFECT_API_URL
@@ -75,6 +79,8 @@ def explain_chunk_task(
     cands = stages.failures(
         pd.read_parquet(stages.candidates_table(cfg, split)), cfg.explain.max_candidates
     )
+    if base_dir:  # a worker may run in another folder (or on another host)
+        cands = cands.assign(image_path=[str(Path(base_dir, p)) for p in cands["image_path"]])
     ref = torch.as_tensor(reference) if reference is not None else None
     table = explain_chunk(
         det, cands, cfg.explain, stages.split_dir(cfg, split), image_ids, ref, cfg.seed
@@ -117,6 +123,9 @@ def explain_in_chunks(
     from e2x_pipeline.explain.parts import merge_parts, plan_chunks
     from e2x_pipeline.locking import run_lock
 
+    # absolute paths for the workers, which may run in another folder
+    cfg = cfg.model_copy(update={"output_dir": Path(cfg.output_dir).resolve()})
+    checkpoint = Path(checkpoint).resolve()
     d = stages.split_dir(cfg, split)
     config = cfg.model_dump(mode="json")
     with run_lock(cfg.output_dir):
@@ -136,7 +145,7 @@ def explain_in_chunks(
         with shared_prefect_api(), annotate:
             futures = [
                 explain_chunk_task.submit(
-                    config, str(checkpoint), split, ids, reference, torch_threads
+                    config, str(checkpoint), split, ids, reference, torch_threads, str(Path.cwd())
                 )
                 for ids in plan
             ]
