@@ -263,7 +263,9 @@ def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
     }
     (tmp_path / "prefect").mkdir()
     server = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        # the venv's prefect: CI runs .venv/bin/pytest without the venv on PATH
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
