@@ -2,65 +2,17 @@
 
 ``python -m e2x_pipeline.app_snapshot --dataset e2x-pool --view e2x-repair --out shot.png``
 launches the App on 127.0.0.1, waits until it answers, renders the saved view's URL with headless
-Chromium (``chromium`` must be installed: ``apt-get install -y chromium``) and writes a PNG.
+Chromium (``report.browser``; ``apt-get install -y chromium``) and writes a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-]
-
-
-def chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def screenshot_url(
-    url: str, out: Path, size: tuple[int, int] = (1600, 1000), budget_ms: int = 20000
-):
-    """Render ``url`` with headless Chromium into the PNG ``out`` (arguments, never a shell)."""
-    binary = chromium_binary()
-    if binary is None:
-        raise FileNotFoundError(
-            "no chromium binary on PATH; install it: apt-get install -y chromium"
-        )
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [
-            binary,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            f"--window-size={size[0]},{size[1]}",
-            f"--virtual-time-budget={budget_ms}",
-            f"--screenshot={out}",
-            url,
-        ]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    if not out.is_file():
-        raise RuntimeError(f"chromium wrote no screenshot to {out}")
-    return out
 
 
 def _wait_http(url: str, timeout: float = 60.0) -> None:
@@ -83,6 +35,7 @@ def free_port() -> int:
 def snapshot_view(dataset: str, view: str, out: Path, port: int | None = None) -> Path:
     """Launch the App on 127.0.0.1 for ``dataset``'s saved ``view`` and screenshot it."""
     from .fiftyone_io import launch_app
+    from .report.browser import screenshot
 
     port = port or free_port()
     session = launch_app(dataset, view, "127.0.0.1", port, wait=False)
@@ -90,7 +43,8 @@ def snapshot_view(dataset: str, view: str, out: Path, port: int | None = None) -
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/")
         query = urllib.parse.urlencode({"view": view})
-        return screenshot_url(f"{base}/datasets/{urllib.parse.quote(dataset)}?{query}", out)
+        url = f"{base}/datasets/{urllib.parse.quote(dataset)}?{query}"
+        return screenshot(url, out, width=1600, height=1000)
     finally:
         session.close()
 

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from skimage.color import rgb2lab
@@ -184,8 +183,3 @@ class RegionEmbedder:
             out[k, :3] = px.mean(0)
             out[k, 3:] = px.std(0)
         return out * self.appearance_weight / np.sqrt(2.0)
-
-
-def feature_frame(rows: list[dict]) -> pd.DataFrame:
-    """The features table with its documented columns (``embedding`` kept separately)."""
-    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)

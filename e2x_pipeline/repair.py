@@ -100,7 +100,7 @@ def pool_regions(
     fresh = table_path.is_file() and emb_path.is_file() and stamp.is_file()
     if fresh and json.loads(stamp.read_text()).get("key") == key:
         return pd.read_parquet(table_path), np.load(emb_path, allow_pickle=False)
-    rows: list[dict] = []
+    rows: list[pd.DataFrame] = []
     chunks: list[np.ndarray] = []
     ids = pool.image_ids
     bar = tqdm(total=len(ids), desc="embed pool", unit="img", disable=not progress)
@@ -123,25 +123,30 @@ def pool_regions(
             np.maximum.at(x2, flat, xs.ravel() + 1)
             np.maximum.at(y2, flat, ys.ravel() + 1)
             area = np.bincount(flat, minlength=n)
-            name = pool.images[image_id]["file_name"]
-            for s in range(n):
-                rows.append(
+            segs_n = np.arange(n)
+            rows.append(
+                pd.DataFrame(
                     {
-                        "region_id": f"{image_id}/s{s}",
+                        "region_id": [f"{image_id}/s{k}" for k in segs_n],
                         "image_id": int(image_id),
-                        "file_name": name,
-                        "segment": s,
-                        "x1": float(x1[s]),
-                        "y1": float(y1[s]),
-                        "x2": float(x2[s]),
-                        "y2": float(y2[s]),
-                        "area": int(area[s]),
+                        "file_name": pool.images[image_id]["file_name"],
+                        "segment": segs_n,
+                        "x1": x1,
+                        "y1": y1,
+                        "x2": x2,
+                        "y2": y2,
+                        "area": area,
                     }
                 )
+            )
             chunks.append(emb)
         bar.update(len(batch))
     bar.close()
-    table = pd.DataFrame(rows, columns=REGION_COLUMNS)
+    table = (
+        pd.concat(rows, ignore_index=True)[REGION_COLUMNS]
+        if rows
+        else pd.DataFrame(columns=REGION_COLUMNS)
+    )
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     write_table(table_path, table)
     with atomic_write(emb_path, "wb") as fh:

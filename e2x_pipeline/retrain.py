@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,13 +31,6 @@ from .detectors import save_checkpoint
 from .detectors.base import Detector
 from .inference import detect_dataset
 from .training import dataset_hash, train
-
-
-@dataclass
-class RetrainResult:
-    detector: Detector
-    checkpoint: Path | None
-    meta: dict
 
 
 def repair_set_id(file_names: list[str]) -> str:

@@ -463,3 +463,13 @@ def format_retrain(result: dict) -> str:
             f"{m['closed_before']:>6}/{m['failures']:<3}{m['closed_after']:>6}/{m['failures']:<3}"
         )
     return "\n".join(lines)
+
+
+def explain_summary(table: pd.DataFrame, overlays: list[Path]) -> dict:
+    """Counts of an explanations table, as the flows report them."""
+    return {
+        "explanations": int(len(table)),
+        "valid": int(table["valid"].sum()) if len(table) else 0,
+        "seconds": float(table["seconds"].sum()) if len(table) else 0.0,
+        "overlays": [str(p) for p in overlays],
+    }

@@ -157,10 +157,7 @@ def explain_in_chunks(
         seconds = time.perf_counter() - t0
         overlays = stages.overlay_stage(cfg, split)
     return {
-        "explanations": int(len(table)),
-        "valid": int(table["valid"].sum()) if len(table) else 0,
-        "seconds": float(table["seconds"].sum()) if len(table) else 0.0,
-        "overlays": [str(p) for p in overlays],
+        **stages.explain_summary(table, overlays),
         "chunks": reports,
         "wall_seconds": round(seconds, 3),
         "worker_threads": slots,

@@ -41,12 +41,7 @@ def mine_task(cfg: E2XConfig, checkpoint: Path, split: str) -> dict:
 def explain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True) -> dict:
     table = stages.explain_stage(cfg, stages.detector_for(cfg, checkpoint), split, progress)
     overlays = stages.overlay_stage(cfg, split)
-    return {
-        "explanations": int(len(table)),
-        "valid": int(table["valid"].sum()) if len(table) else 0,
-        "seconds": float(table["seconds"].sum()) if len(table) else 0.0,
-        "overlays": [str(p) for p in overlays],
-    }
+    return stages.explain_summary(table, overlays)
 
 
 @task(name="cluster", cache_key_fn=cache_key_for("cluster"))

@@ -72,10 +72,12 @@ def check_in_browser(index: str | Path, timeout: float = 120) -> dict:
 def screenshot(
     index: str | Path, out: str | Path, width: int = 1280, height: int = 2400, timeout: float = 120
 ) -> Path:
-    """A PNG screenshot of the report's first ``height`` pixels at ``width``."""
+    """A PNG screenshot of the first ``height`` pixels at ``width`` of a report file, or of a
+    page when ``index`` is an http(s) URL (the FiftyOne App)."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    url = Path(index).resolve().as_uri()
+    is_url = str(index).startswith(("http://", "https://"))
+    url = str(index) if is_url else Path(index).resolve().as_uri()
     proc = _run(
         [
             f"--window-size={width},{height}",
