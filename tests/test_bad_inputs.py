@@ -55,7 +55,7 @@ from PIL import Image
 from synthetic_detector import SmoothConvDetector
 from torch import nn
 
-from e2x_pipeline.cli import main
+from e2x_cli.main import main
 from e2x_pipeline.config import ConfigError, ExplainConfig, MiningConfig, ModelConfig, load_config
 from e2x_pipeline.data.coco import MAX_IMAGE_PIXELS, DatasetError, load_coco, load_image
 from e2x_pipeline.detectors import CheckpointError, load_detector, save_checkpoint
@@ -964,7 +964,7 @@ def reference_run(bench: Path, tmp_path_factory) -> tuple[Path, subprocess.Compl
     )
     out = tmp / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "e2x_pipeline.cli", *_mine_args(bench, out)],
+        [sys.executable, "-m", "e2x_cli.main", *_mine_args(bench, out)],
         env=env,
         cwd=tmp,
         capture_output=True,
@@ -999,7 +999,7 @@ def test_sigkill_during_mining_then_rerun_equals_an_uninterrupted_run(
         "import io, sys, time, pathlib\n"
         "import e2x_pipeline.mining as m\n"
         "from e2x_pipeline.io_utils import atomic_write\n"
-        "from e2x_pipeline.cli import main\n"
+        "from e2x_cli.main import main\n"
         "orig = m.write_table\n"
         "def write_table(path, df):\n"
         "    if pathlib.Path(path).name != 'predictions.parquet':\n"
@@ -1023,7 +1023,7 @@ def test_sigkill_during_mining_then_rerun_equals_an_uninterrupted_run(
     assert not (out / "val/metrics.json").exists() and len(litter(out)) == 1
 
     done = subprocess.run(
-        [sys.executable, "-m", "e2x_pipeline.cli", *args],
+        [sys.executable, "-m", "e2x_cli.main", *args],
         env=_env(),
         cwd=tmp_path,
         capture_output=True,
@@ -1058,7 +1058,7 @@ def test_second_run_on_a_locked_output_folder_fails_fast(bench: Path, tmp_path: 
         _wait_for(marker, holder)
         t0 = time.monotonic()
         second = subprocess.run(
-            [sys.executable, "-m", "e2x_pipeline.cli", *_mine_args(bench, out), "--no-fiftyone"],
+            [sys.executable, "-m", "e2x_cli.main", *_mine_args(bench, out), "--no-fiftyone"],
             env=_env(),
             cwd=tmp_path,
             capture_output=True,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from e2x_pipeline.cli import build_parser, main
+from e2x_cli.main import build_parser, main
 
 
 def _subcommands(parser, prefix=()):

@@ -299,7 +299,7 @@ def test_retrain_with_the_repair_set_closes_failure_modes(
 
 
 def test_bench_repair_targets():
-    from e2x_pipeline.bench_repair import targets_at
+    from e2x_bench.repair import targets_at
 
     rows = [
         ("e2x", 12.0, 20.0, 0.95),

@@ -45,7 +45,7 @@ def _overrides(bench: Path, out: Path) -> dict:
 def mined(tiny_benchmark, tmp_path_factory):
     """``<out>/val/candidates.parquet`` from a real ``e2x mine --no-fiftyone``."""
     out = tmp_path_factory.mktemp("dask") / "mined"
-    cmd = [sys.executable, "-m", "e2x_pipeline.cli", "mine", "--no-fiftyone", "--no-progress"]
+    cmd = [sys.executable, "-m", "e2x_cli.main", "mine", "--no-fiftyone", "--no-progress"]
     for k, v in _overrides(tiny_benchmark, out).items():
         v = "[" + ",".join(v) + "]" if isinstance(v, list) else v
         cmd += ["--set", f"{k}={v}"]

@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 from synthetic_detector import LinearSuperpixelDetector, SmoothConvDetector
 
-from e2x_pipeline.bench_explain import TimedDetector, _quotas, select_detections
+from e2x_bench.explain import TimedDetector, _quotas, select_detections
 from e2x_pipeline.config import ExplainConfig
 from e2x_pipeline.detectors.base import DenseOutput, Target
 from e2x_pipeline.explain import get_explainer, slic_segments, superpixel_aggregate
@@ -315,7 +315,7 @@ def test_timed_detector_changes_nothing_and_counts_model_time():
 def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsys):
     import yaml
 
-    from e2x_pipeline.cli import main
+    from e2x_cli.main import main
     from e2x_pipeline.config import load_config
     from e2x_pipeline.metrics.stage import explanation_metrics
     from e2x_pipeline.stages import detector_for, explain_stage, mine_stage

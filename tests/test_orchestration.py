@@ -141,7 +141,7 @@ def test_report_renders_in_chromium_with_every_image(mined_run, tmp_path):
 
 
 def _explain_cmd(cfg_overrides: dict) -> list[str]:
-    cmd = [sys.executable, "-m", "e2x_pipeline.cli", "explain", "--no-progress"]
+    cmd = [sys.executable, "-m", "e2x_cli.main", "explain", "--no-progress"]
     for k, v in cfg_overrides.items():
         v = "[" + ",".join(v) + "]" if isinstance(v, list) else v
         cmd += ["--set", f"{k}={v}"]
@@ -284,7 +284,7 @@ def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
         else:
             pytest.fail("the Prefect server did not start within 90 s")
         out = tmp_path / "run"
-        cmd = [sys.executable, "-m", "e2x_pipeline.cli", "serve", "--interval", "5"]
+        cmd = [sys.executable, "-m", "e2x_cli.main", "serve", "--interval", "5"]
         cmd += ["--name", "e2x-test", "--no-fiftyone", "--no-benchmark", "--no-progress"]
         cmd += ["--reports-dir", str(tmp_path / "reports")]
         for k, v in {**_overrides(tiny_benchmark, out), "explain.max_candidates": 4}.items():

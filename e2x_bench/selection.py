@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from .data.coco import CocoDataset, load_image
-from .detectors.base import Detector
-from .inference import detect_dataset
-from .repair import select_repair_set
+from e2x_pipeline.data.coco import CocoDataset, load_image
+from e2x_pipeline.detectors.base import Detector
+from e2x_pipeline.inference import detect_dataset
+from e2x_pipeline.repair import select_repair_set
 
 
 def _names(pool: CocoDataset, ids: Sequence[int]) -> list[str]:

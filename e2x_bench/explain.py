@@ -44,24 +44,24 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .bench import environment, write_bench
-from .config import E2XConfig, ExplainConfig
-from .detectors.base import DenseOutput, Detections, Detector, Target, TargetOutput
-from .explain.base import Explanation
-from .explain.pda import pda_window
-from .explain.registry import get_explainer
-from .explain.superpixels import slic_segments
-from .io_utils import atomic_write, write_text
-from .metrics.correlation import pearson_rho
-from .metrics.perturbation import deletion_insertion
-from .metrics.pointing import (
+from .common import environment, write_bench
+from e2x_pipeline.config import E2XConfig, ExplainConfig
+from e2x_pipeline.detectors.base import DenseOutput, Detections, Detector, Target, TargetOutput
+from e2x_pipeline.explain.base import Explanation
+from e2x_pipeline.explain.pda import pda_window
+from e2x_pipeline.explain.registry import get_explainer
+from e2x_pipeline.explain.superpixels import slic_segments
+from e2x_pipeline.io_utils import atomic_write, write_text
+from e2x_pipeline.metrics.correlation import pearson_rho
+from e2x_pipeline.metrics.perturbation import deletion_insertion
+from e2x_pipeline.metrics.pointing import (
     box_mask,
     candidate_region,
     energy_in_region,
     pointing_hit,
     pointing_sign,
 )
-from .metrics.sanity import cascading_randomization, layer_groups, map_similarity
+from e2x_pipeline.metrics.sanity import cascading_randomization, layer_groups, map_similarity
 
 # ---------------------------------------------------------------------------------------------
 # sizes and settings
@@ -389,10 +389,10 @@ def bench_explain(
     """Run the explanation benchmark and write ``explain.{json,md,png}`` (+ per-detection CSV)."""
     from tqdm.auto import tqdm
 
-    from .data.benchmark import load_causes
-    from .data.coco import load_image
-    from .mining import mine
-    from .stages import detector_for, ensure_benchmark, open_split, reference_image, train_stage
+    from e2x_pipeline.data.benchmark import load_causes
+    from e2x_pipeline.data.coco import load_image
+    from e2x_pipeline.mining import mine
+    from e2x_pipeline.stages import detector_for, ensure_benchmark, open_split, reference_image, train_stage
 
     size = FULL if full else QUICK
     t_start = time.perf_counter()
@@ -613,7 +613,7 @@ def _warm_up(
     det: Detector, timed: TimedDetector, base: ExplainConfig, group: pd.DataFrame, mean: Tensor
 ) -> None:
     """One small untimed call per method, so no timed call pays for first-use set-up."""
-    from .data.coco import load_image
+    from e2x_pipeline.data.coco import load_image
 
     image = load_image(group["image_path"].iloc[0])
     r = group.iloc[0]
@@ -655,7 +655,7 @@ def _all_cause_hit_rate(
     cfg: E2XConfig,
     mcfg: Any,
 ) -> dict[str, Any]:
-    from .data.coco import load_image
+    from e2x_pipeline.data.coco import load_image
 
     c = candidates[
         candidates["outcome"].isin(["fp", "fn"])

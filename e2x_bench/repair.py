@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import E2XConfig
+from e2x_pipeline.config import E2XConfig
 
 FN_CAUSES = ("occluder", "camouflage")
 STRATEGIES = ("e2x", "random", "least_confidence", "similarity")
@@ -31,7 +31,7 @@ STRATEGIES = ("e2x", "random", "least_confidence", "similarity")
 
 def _prepare(cfg: E2XConfig, progress: bool):
     """Make (or reuse) the run's tables up to the repair scores; return the detector and paths."""
-    from . import stages
+    from e2x_pipeline import stages
 
     stages.ensure_benchmark(cfg)
     ckpt = cfg.model.checkpoint or stages.train_stage(cfg, progress=progress)[0]
@@ -70,11 +70,11 @@ def bench_repair(
     budgets: tuple[float, ...] = (0.02, 0.05, 0.10),
     seeds: tuple[int, ...] = (0, 1, 2),
 ) -> dict:
-    from . import stages
-    from .data.benchmark import load_causes
-    from .evaluation import evaluate_detector_outputs
-    from .inference import detect_dataset
-    from .retrain import retrain_detector, reveal_labels
+    from e2x_pipeline import stages
+    from e2x_pipeline.data.benchmark import load_causes
+    from e2x_pipeline.evaluation import evaluate_detector_outputs
+    from e2x_pipeline.inference import detect_dataset
+    from e2x_pipeline.retrain import retrain_detector, reveal_labels
     from .selection import (
         select_e2x,
         select_least_confidence,
@@ -172,7 +172,7 @@ def bench_repair(
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
     _plot(summary, before, out_dir / "repair.png")
-    from .bench import write_bench
+    from .common import write_bench
 
     write_bench(out_dir, "repair", result, _markdown(result, summary))
     return result
@@ -215,7 +215,7 @@ def _plot(summary: pd.DataFrame, before: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io_utils import atomic_write
+    from e2x_pipeline.io_utils import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     base = _outcome(before, before)

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, E2XConfig, load_config
-from .env import set_offline_defaults
-from .locking import run_lock
+from e2x_pipeline.config import ConfigError, E2XConfig, load_config
+from e2x_pipeline.env import set_offline_defaults
+from e2x_pipeline.locking import run_lock
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def _config(args: argparse.Namespace) -> E2XConfig:
 
 
 def cmd_make_benchmark(args: argparse.Namespace) -> int:
-    from .stages import ensure_benchmark
+    from e2x_pipeline.stages import ensure_benchmark
 
     cfg = _config(args)
     root = ensure_benchmark(cfg)
@@ -53,7 +53,7 @@ def cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .stages import train_stage
+    from e2x_pipeline.stages import train_stage
 
     cfg = _config(args)
     path, meta = train_stage(cfg, progress=not args.no_progress, force=args.force)
@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .stages import detector_for, evaluate_stage, format_evaluation, train_stage
+    from e2x_pipeline.stages import detector_for, evaluate_stage, format_evaluation, train_stage
 
     cfg = _config(args)
     ckpt = cfg.model.checkpoint or train_stage(cfg, progress=not args.no_progress)[0]
@@ -73,7 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _detector(cfg: E2XConfig, progress: bool):
-    from .stages import detector_for, train_stage
+    from e2x_pipeline.stages import detector_for, train_stage
 
     ckpt = cfg.model.checkpoint or train_stage(cfg, progress=progress)[0]
     return detector_for(cfg, ckpt)
@@ -83,8 +83,8 @@ def cmd_mine(args: argparse.Namespace) -> int:
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
     with run_lock(cfg.output_dir):  # one run per output folder, from training to publishing
-        from .mining import format_metrics  # the heavy imports after the lock: fail fast
-        from .stages import mine_stage, publish_stage, split_dir
+        from e2x_pipeline.mining import format_metrics  # the heavy imports after the lock: fail fast
+        from e2x_pipeline.stages import mine_stage, publish_stage, split_dir
 
         split_dir(cfg, split)  # a split name leading out of output_dir fails before any work
         result = mine_stage(cfg, _detector(cfg, not args.no_progress), split)
@@ -97,7 +97,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .stages import candidates_table, explain_stage, overlay_stage, split_dir
+    from e2x_pipeline.stages import candidates_table, explain_stage, overlay_stage, split_dir
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -124,8 +124,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
-    from .metrics.stage import SUMMARY, TABLE, evaluate_explanations_stage, format_summary
-    from .stages import split_dir
+    from e2x_pipeline.metrics.stage import SUMMARY, TABLE, evaluate_explanations_stage, format_summary
+    from e2x_pipeline.stages import split_dir
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -143,8 +143,8 @@ def cmd_evaluate_explanations(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import format_modes
-    from .stages import candidates_table, cluster_stage, publish_failures_stage, split_dir
+    from e2x_pipeline.cluster import format_modes
+    from e2x_pipeline.stages import candidates_table, cluster_stage, publish_failures_stage, split_dir
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -166,8 +166,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from .repair import format_repair
-    from .stages import publish_repair_stage, repair_stage, split_dir
+    from e2x_pipeline.repair import format_repair
+    from e2x_pipeline.stages import publish_repair_stage, repair_stage, split_dir
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -188,7 +188,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from .stages import format_retrain, retrain_stage, train_stage
+    from e2x_pipeline.stages import format_retrain, retrain_stage, train_stage
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -201,7 +201,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .stages import export_stage
+    from e2x_pipeline.stages import export_stage
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -212,8 +212,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from . import fiftyone_io
-    from .stages import fiftyone_names
+    from e2x_pipeline import fiftyone_io
+    from e2x_pipeline.stages import fiftyone_names
 
     cfg = _config(args)
     names = fiftyone_names(cfg, args.split or cfg.data.eval_split)
@@ -334,7 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report, check_in_browser, screenshot
+    from e2x_pipeline.report import build_report, check_in_browser, screenshot
 
     cfg = _config(args)
     split = args.split or cfg.data.eval_split
@@ -359,10 +359,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from e2x_bench import get_bench
 
     cfg = _config(args)
-    fn = getattr(bench, f"bench_{args.bench_name.replace('-', '_')}")
+    fn = get_bench(args.bench_name)
     extra = {"full": True} if getattr(args, "full", False) else {}
     result = fn(cfg, args.out, progress=not args.no_progress, **extra)
     print(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, indent=2, default=str))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import E2XConfig
+from e2x_pipeline.config import E2XConfig
 
 WORKERS = (1, 2)
 TARGET = 1.7
@@ -39,8 +39,8 @@ def bench_scale(
     from flows.dask_explain import explain_with_dask
     from flows.runners import dask_options
 
-    from . import stages
-    from .bench import write_bench
+    from e2x_pipeline import stages
+    from .common import write_bench
 
     split = cfg.data.eval_split
     src = stages.candidates_table(cfg, split).parent
