@@ -15,6 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .layout import RunLayout, SplitLayout
+from .registry import ARCHITECTURES, EXPLAINERS
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and the fix."""
@@ -59,22 +62,15 @@ class DataConfig(_Section):
         )
 
 
-Arch = Literal[
-    "compact_ssd",
-    "ssd300_vgg16",
-    "ssdlite320_mobilenet_v3_large",
-    "retinanet_resnet50_fpn",
-    "retinanet_resnet50_fpn_v2",
-    "fcos_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "custom",
-]
+def _registered_method(name: str) -> str:
+    if name not in EXPLAINERS:
+        raise ValueError(f"unknown explanation method {name!r}; choose one of {EXPLAINERS.names()}")
+    return name
 
 
 class ModelConfig(_Section):
-    arch: Arch = "compact_ssd"
+    arch: str = "compact_ssd"
+    """A registered architecture (``e2x_pipeline.registry.ARCHITECTURES``) or ``custom``."""
     checkpoint: Path | None = None
     """A state_dict checkpoint written by ``e2x train`` (loaded with ``weights_only=True``)."""
     weights: str | None = None
@@ -82,6 +78,15 @@ class ModelConfig(_Section):
     entrypoint: str | None = None
     """``module:function`` returning a Detector, for ``arch: custom``. Never read from data."""
     image_size: int = Field(128, ge=32, le=2048)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v != "custom" and v not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {v!r}; choose one of {[*sorted(ARCHITECTURES), 'custom']}"
+            )
+        return v
 
     @field_validator("entrypoint")
     @classmethod
@@ -110,9 +115,8 @@ class MiningConfig(_Section):
 
 
 class ExplainConfig(_Section):
-    methods: list[Literal["e2x", "lime", "pda", "ig", "drise"]] = Field(
-        default_factory=lambda: ["e2x"]
-    )
+    methods: list[str] = Field(default_factory=lambda: ["e2x"])
+    """Registered explanation methods (``e2x_pipeline.registry.EXPLAINERS``)."""
     n_segments: int = Field(200, ge=2)
     compactness: float = Field(10.0, gt=0)
     k: int = Field(32, ge=1)
@@ -123,6 +127,25 @@ class ExplainConfig(_Section):
     lime_samples: int = Field(1000, ge=2)
     drise_masks: int = Field(1000, ge=1)
     max_candidates: int | None = Field(None, ge=1)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-method settings, checked against each method's own ``Options`` model, e.g.
+    ``options: {ig: {scheme: riemann_left}, drise: {grid: [8, 8]}}``."""
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        return [_registered_method(m) for m in v]
+
+    @field_validator("options")
+    @classmethod
+    def _method_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, opts in v.items():
+            options_model = EXPLAINERS.get(_registered_method(name)).Options
+            try:
+                options_model.model_validate(opts)
+            except ValidationError as exc:
+                raise ValueError(f"options.{name}: {_first_error(exc)}") from None
+        return v
 
 
 class MetricsConfig(_Section):
@@ -147,7 +170,7 @@ class MetricsConfig(_Section):
 class ClusterConfig(_Section):
     """Failing features and failure modes (e2x_pipeline/cluster.py)."""
 
-    explain_method: Literal["e2x", "lime", "pda", "ig", "drise"] = "e2x"
+    explain_method: str = "e2x"
     fraction: float = Field(0.3, gt=0, le=1)
     """A superpixel is a failing feature when its failing-sign value >= fraction * max |value|."""
     max_per_candidate: int = Field(3, ge=1)
@@ -157,6 +180,12 @@ class ClusterConfig(_Section):
     """Append the region's CIE-Lab mean and std to the backbone embedding."""
     appearance_weight: float = Field(0.5, ge=0)
     method: Literal["kmeans", "agglomerative", "hdbscan"] = "kmeans"
+
+    @field_validator("explain_method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _registered_method(v)
+
     max_modes: int = Field(8, ge=1)
     """Upper bound of failure modes per outcome (fn, fp); the count is chosen by silhouette."""
     min_mode_size: int = Field(5, ge=2)
@@ -214,6 +243,15 @@ class E2XConfig(_Section):
             return v
         raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
 
+    @property
+    def layout(self) -> RunLayout:
+        """Where this run's tables live (``output_dir``): see :mod:`e2x_pipeline.layout`."""
+        return RunLayout(self.output_dir)
+
+    def split_layout(self, split: str) -> SplitLayout:
+        """``<output_dir>/<split>/``: one split's tables."""
+        return self.layout.split(split)
+
     def section_hash(self, *sections: str) -> str:
         """A short content hash of the named sections, used to key cached stage results."""
         dump = self.model_dump(mode="json")
@@ -238,6 +276,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     return key.strip(), yaml.safe_load(raw)
+
+
+def _first_error(err: ValidationError) -> str:
+    """One line for a nested model's error: ``key: message`` (unknown keys named as such)."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"unknown key '{loc}': remove it or check its spelling"
+    return f"'{loc}': {e['msg']} (got {e.get('input')!r})"
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

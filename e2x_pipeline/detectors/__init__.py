@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from ..config import ModelConfig
+from ..registry import ARCHITECTURES
 from .base import DenseOutput, Detections, Detector, Target
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -25,18 +26,7 @@ __all__ = [
     "load_checkpoint",
 ]
 
-# arch name -> (module with its ``build`` function, module with its Detector class, class name)
-FAMILIES: dict[str, tuple[str, str, str]] = {
-    "compact_ssd": ("compact_ssd", "ssd", "SSDDetector"),
-    "ssd300_vgg16": ("ssd", "ssd", "SSDDetector"),
-    "ssdlite320_mobilenet_v3_large": ("ssd", "ssd", "SSDDetector"),
-    "retinanet_resnet50_fpn": ("retinanet", "retinanet", "RetinaNetDetector"),
-    "retinanet_resnet50_fpn_v2": ("retinanet", "retinanet", "RetinaNetDetector"),
-    "fcos_resnet50_fpn": ("fcos", "fcos", "FCOSDetector"),
-    "fasterrcnn_resnet50_fpn": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
-    "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
-    "fasterrcnn_mobilenet_v3_large_fpn": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
-}
+FAMILIES = ARCHITECTURES  # the registry's table (e2x_pipeline.registry)
 
 
 def build_detector(

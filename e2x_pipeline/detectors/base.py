@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +71,17 @@ class Target:
     candidate: int
     label: int
     box: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Target:
+        """The target of one candidates-table row (a ``pd.Series``, a mapping or an itertuple).
+
+        The row's ``anchor`` is the candidate index, ``label`` the class, ``box_x1..box_y2`` the
+        clean detection's box (or the GT box, for an FN).
+        """
+        get = row.get if hasattr(row, "get") else lambda k: getattr(row, k)
+        box = tuple(float(get(k)) for k in ("box_x1", "box_y1", "box_x2", "box_y2"))
+        return cls(int(get("anchor")), int(get("label")), box)  # type: ignore[arg-type]
 
 
 class Detector(ABC):

@@ -34,7 +34,7 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 from .base import BOX_COORDS, DenseOutput, Detections, Detector, Target, TargetOutput
-from .retinanet import build_torchvision
+from .builders import build_torchvision
 
 
 def aligned_iou(boxes: Tensor, ref: Tensor) -> Tensor:

@@ -22,7 +22,8 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 from .base import DenseOutput
-from .retinanet import LevelledDense, PerLevelDetector, build_torchvision, head_levels
+from .builders import build_torchvision
+from .per_level import LevelledDense, PerLevelDetector, head_levels
 
 
 class FCOSDetector(PerLevelDetector):

@@ -32,14 +32,16 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
 from ..config import ExplainConfig
 from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
+from ..registry import EXPLAINERS
 from .superpixels import check_segments, make_reference, slic_segments
 
 OUTPUTS: tuple[str, ...] = ("score", *BOX_COORDS)
@@ -149,12 +151,35 @@ def path_gradients(
     return grad, bad, total
 
 
-class Explainer(ABC):
-    """Explains targets of one image: ``explain(image, targets, output) -> [Explanation]``."""
+class NoOptions(BaseModel):
+    """A method without settings of its own."""
 
-    name: str = "abstract"
-    box_outputs: bool = True  # can it explain a box coordinate (x1, y1, x2, y2)?
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Explainer(ABC):
+    """Explains targets of one image: ``explain(image, targets, output) -> [Explanation]``.
+
+    A subclass is one method. It sets ``name`` (which registers it in
+    :data:`e2x_pipeline.registry.EXPLAINERS`, so ``explain.methods`` accepts it), declares its
+    capabilities below, and declares its own settings as a pydantic ``Options`` model. Its
+    settings come from ``explain.options.<name>`` in the YAML, overridden by keyword arguments.
+    """
+
+    name: ClassVar[str] = "abstract"
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # Capabilities, declared per class (as Captum's attribution classes do), so that the
+    # explain stage, the metrics and the config never test a method by name.
+    needs_gradients: bool = False  # backpropagates through the detector
+    supports_box_maps: bool = False  # explains box coordinates x1, y1, x2, y2, not only the score
+    needs_candidate: bool = True  # follows a candidate index; False: matches boxes (D-RISE)
+    shares_targets: bool = False  # the targets of one call share its perturbed forward passes
     uses_reference: bool = True  # PDA samples from the image, D-RISE masks to black
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            EXPLAINERS.register(cls.name, cls)
 
     def __init__(
         self,
@@ -162,11 +187,21 @@ class Explainer(ABC):
         cfg: ExplainConfig | None = None,
         seed: int = 0,
         mean: Tensor | None = None,
+        **options: Any,
     ) -> None:
         self.detector = detector
         self.cfg = cfg if cfg is not None else ExplainConfig()
         self.seed = int(seed)
         self.mean = mean
+        try:
+            self.options = self.Options.model_validate(
+                {**self.cfg.options.get(self.name, {}), **options}
+            )
+        except ValidationError as exc:
+            raise ValueError(
+                f"{self.name} options: {exc.errors()[0]['msg']} "
+                f"({'.'.join(map(str, exc.errors()[0]['loc']))})"
+            ) from None
 
     @property
     def device(self) -> torch.device:
@@ -231,7 +266,7 @@ class Explainer(ABC):
             return []
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if output != "score" and not self.box_outputs:
+        if output != "score" and not self.supports_box_maps:
             raise ValueError(f"{self.name} explains class scores only, not box coordinate {output}")
         if candidate_ids is not None and len(candidate_ids) != len(targets):
             raise ValueError(f"{len(candidate_ids)} candidate ids for {len(targets)} targets")

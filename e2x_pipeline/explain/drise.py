@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..config import ExplainConfig
-from ..detectors.base import Detector, Target, TargetOutput
+from ..detectors.base import Target, TargetOutput
 from .base import Attribution, Explainer
 from .superpixels import superpixel_aggregate
 
@@ -72,25 +72,28 @@ def drise_masks(
     return up[b, rows.unsqueeze(2), cols.unsqueeze(1)]
 
 
+class DRiseOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grid: tuple[int, int] = (16, 16)
+    """Cells of the random binary grid (h, w) each mask is upsampled from."""
+    p: float = Field(0.5, gt=0, lt=1)
+    """Probability that a cell is kept."""
+    center: bool = False
+
+
 class DRiseExplainer(Explainer):
     name = "drise"
+    Options = DRiseOptions
+    shares_targets = True
     uses_reference = False
-    box_outputs = False
+    needs_candidate = False  # it matches the target box on every masked image
 
-    def __init__(
-        self,
-        detector: Detector,
-        cfg: ExplainConfig | None = None,
-        seed: int = 0,
-        mean: Tensor | None = None,
-        grid: tuple[int, int] = (16, 16),
-        p: float = 0.5,
-        center: bool = False,
-    ) -> None:
-        super().__init__(detector, cfg, seed, mean)
-        self.grid = (int(grid[0]), int(grid[1]))
-        self.p = float(p)
-        self.center = bool(center)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grid = (int(self.options.grid[0]), int(self.options.grid[1]))
+        self.p = float(self.options.p)
+        self.center = bool(self.options.center)
 
     def method_params(self) -> dict[str, Any]:
         return {

@@ -40,6 +40,8 @@ def permuted_levels(
 
 class E2XExplainer(Explainer):
     name = "e2x"
+    needs_gradients = True
+    supports_box_maps = True
 
     def method_params(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "levels": "permuted_linspace"}

@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from ..config import ExplainConfig
-from ..detectors.base import Detector, Target, TargetOutput
+from ..detectors.base import Target, TargetOutput
 from .base import Attribution, Explainer, path_gradients
 from .superpixels import superpixel_aggregate
 
@@ -54,20 +54,23 @@ def quadrature(k: int, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown IG scheme {scheme!r}")
 
 
+class IGOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Scheme = "trapezoid"
+    """The quadrature of the path integral (nodes a_k, weights c_k)."""
+
+
 class IGExplainer(Explainer):
     name = "ig"
+    Options = IGOptions
+    needs_gradients = True
+    supports_box_maps = True
 
-    def __init__(
-        self,
-        detector: Detector,
-        cfg: ExplainConfig | None = None,
-        seed: int = 0,
-        mean: Tensor | None = None,
-        scheme: Scheme = "trapezoid",
-    ) -> None:
-        super().__init__(detector, cfg, seed, mean)
-        self.scheme = scheme
-        quadrature(self.cfg.k, scheme)  # fail early on a bad (K, scheme)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scheme = self.options.scheme
+        quadrature(self.cfg.k, self.scheme)  # fail early on a bad (K, scheme)
 
     def method_params(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "scheme": self.scheme}

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.linear_model import Ridge
 from torch import Tensor
 
-from ..config import ExplainConfig
-from ..detectors.base import Detector, Target, TargetOutput
+from ..detectors.base import Target, TargetOutput
 from .base import Attribution, Explainer
 from .superpixels import segment_areas
 
@@ -41,23 +41,26 @@ def lime_kernel(z: np.ndarray, width: float = 0.25) -> np.ndarray:
     return np.sqrt(np.exp(-(d**2) / width**2))
 
 
+class LimeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    noise: float = Field(E2X_LIME_NOISE, ge=0)
+    """Std of the Gaussian noise painted into switched-off superpixels (the E2X code's 12.8/255)."""
+    kernel_width: float = Field(0.25, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    """Ridge regularisation of the surrogate."""
+
+
 class LimeExplainer(Explainer):
     name = "lime"
+    Options = LimeOptions
+    shares_targets = True
 
-    def __init__(
-        self,
-        detector: Detector,
-        cfg: ExplainConfig | None = None,
-        seed: int = 0,
-        mean: Tensor | None = None,
-        noise: float = E2X_LIME_NOISE,
-        kernel_width: float = 0.25,
-        alpha: float = 1.0,
-    ) -> None:
-        super().__init__(detector, cfg, seed, mean)
-        self.noise = float(noise)
-        self.kernel_width = float(kernel_width)
-        self.alpha = float(alpha)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.noise = float(self.options.noise)
+        self.kernel_width = float(self.options.kernel_width)
+        self.alpha = float(self.options.alpha)
 
     def method_params(self) -> dict[str, Any]:
         return {

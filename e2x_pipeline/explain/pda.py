@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..config import ExplainConfig
-from ..detectors.base import Detector, Target, TargetOutput
+from ..detectors.base import Target, TargetOutput
 from .base import Attribution, Explainer
 from .superpixels import superpixel_aggregate
 
@@ -68,30 +68,30 @@ def interpolation_matrix(size: int, centres: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(px, centres, eye[j]) for j in range(len(centres))], axis=1)
 
 
+class PDAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_samples: int = Field(10, ge=1)
+    """Conditional samples per window position."""
+    padding: int = Field(1, ge=0)
+    """Width of the ring the window is conditioned on."""
+    max_patches: int = Field(20000, ge=2)
+    stride: int | None = Field(None, ge=1)
+    """Window stride (default: the window size)."""
+    max_cond_dim: int = Field(1600, ge=1)
+
+
 class PDAExplainer(Explainer):
     name = "pda"
+    Options = PDAOptions
+    shares_targets = True
     uses_reference = False
 
-    def __init__(
-        self,
-        detector: Detector,
-        cfg: ExplainConfig | None = None,
-        seed: int = 0,
-        mean: Tensor | None = None,
-        n_samples: int = 10,
-        padding: int = 1,
-        max_patches: int = 20000,
-        stride: int | None = None,
-        max_cond_dim: int = 1600,
-    ) -> None:
-        super().__init__(detector, cfg, seed, mean)
-        if n_samples < 1 or padding < 0 or max_patches < 2:
-            raise ValueError("PDA needs n_samples >= 1, padding >= 0 and max_patches >= 2")
-        self.n_samples = int(n_samples)
-        self.padding = int(padding)
-        self.max_patches = int(max_patches)
-        self.stride = stride
-        self.max_cond_dim = int(max_cond_dim)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        o = self.options
+        self.n_samples, self.padding, self.max_patches = o.n_samples, o.padding, o.max_patches
+        self.stride, self.max_cond_dim = o.stride, o.max_cond_dim
 
     def method_params(self) -> dict[str, Any]:
         return {

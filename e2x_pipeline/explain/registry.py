@@ -1,4 +1,10 @@
-"""The registry of explanation methods: name -> Explainer class."""
+"""Looking up explanation methods by name.
+
+Every :class:`~.base.Explainer` subclass with a ``name`` registers itself in
+:data:`e2x_pipeline.registry.EXPLAINERS` (see :meth:`Explainer.__init_subclass__`); the first
+lookup imports every module of this package. So a new method is one new file here, and the
+config, the explain stage and the metrics learn of it from the registry and its capabilities.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,15 @@ from torch import Tensor
 
 from ..config import ExplainConfig
 from ..detectors.base import Detector
+from ..registry import EXPLAINERS
 from .base import Explainer
-from .drise import DRiseExplainer
-from .e2x import E2XExplainer
-from .ig import IGExplainer
-from .lime import LimeExplainer
-from .pda import PDAExplainer
 
-EXPLAINERS: dict[str, type[Explainer]] = {
-    "e2x": E2XExplainer,
-    "lime": LimeExplainer,
-    "pda": PDAExplainer,
-    "ig": IGExplainer,
-    "drise": DRiseExplainer,
-}
+__all__ = ["EXPLAINERS", "explainer_class", "get_explainer"]
+
+
+def explainer_class(name: str) -> type[Explainer]:
+    """The class registered as ``name``; its capability flags say what the method can do."""
+    return EXPLAINERS.get(name)
 
 
 def get_explainer(
@@ -34,7 +35,6 @@ def get_explainer(
     **options: Any,
 ) -> Explainer:
     """The explainer called ``name``; ``mean`` is the dataset mean reference, ``options`` the
-    method's own keyword settings (e.g. ``scheme`` for IG, ``n_samples`` for PDA)."""
-    if name not in EXPLAINERS:
-        raise ValueError(f"unknown explanation method {name!r}; choose one of {sorted(EXPLAINERS)}")
-    return EXPLAINERS[name](detector, cfg, seed, mean, **options)
+    method's own settings (its ``Options`` model, e.g. ``scheme`` for IG, ``n_samples`` for
+    PDA), on top of ``cfg.options[name]``."""
+    return explainer_class(name)(detector, cfg, seed, mean, **options)

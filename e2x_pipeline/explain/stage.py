@@ -34,12 +34,11 @@ from ..data.coco import load_image
 from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
 from ..io_utils import atomic_write, safe_join, write_table
 from .base import Explanation, params_hash
-from .registry import get_explainer
+from .registry import explainer_class, get_explainer
 from .superpixels import slic_segments
 
 log = logging.getLogger(__name__)
 
-GRADIENT_METHODS = ("e2x", "ig")
 CANDIDATE_COLUMNS = (
     "candidate_id",
     "image_id",
@@ -78,7 +77,7 @@ every image, as the SIGKILL resume test does)."""
 
 def method_outputs(method: str, cfg: ExplainConfig) -> list[TargetOutput]:
     """``score``, plus x1, y1, x2, y2 for gradient methods when ``cfg.box_maps``."""
-    if cfg.box_maps and method in GRADIENT_METHODS:
+    if cfg.box_maps and explainer_class(method).supports_box_maps:
         return ["score", *BOX_COORDS]  # type: ignore[list-item]
     return ["score"]
 
@@ -266,7 +265,9 @@ def explain_candidates(
         map_rel = f"maps/{int(image_id)}.npz"
         arrays: dict[str, np.ndarray] = {seg_key: segments.astype(np.int32)}
         for (method, output), rows in pending.items():
-            has_candidate = (rows["anchor"].astype(int) >= 0).to_numpy() | (method == "drise")
+            has_candidate = (rows["anchor"].astype(int) >= 0).to_numpy() | (
+                not explainer_class(method).needs_candidate
+            )
             for _, r in rows[~has_candidate].iterrows():
                 new_rows.append(
                     {
