@@ -32,6 +32,7 @@ from typing import Any, overload
 
 from .io_utils import safe_join
 
+
 class StageOutputMissing(FileNotFoundError):
     """A stage's input table is not there: the message names the command that writes it."""
 
@@ -100,16 +101,21 @@ class SplitLayout:
     regions_stamp = Table("regions.json", "repair")
 
     def require(self, name: str) -> Path:
-        """The table's path; :class:`StageOutputMissing` when the stage that writes it has not run."""
+        """The table's path; :class:`StageOutputMissing` when its stage has not run."""
         return _require(self, name, self.split)
 
     @property
     def maps(self) -> Path:
         return self.root / "maps"
 
+    @staticmethod
+    def map_name(image_id: int | str) -> str:
+        """``maps/<image_id>.npz`` relative to the split folder (the tables' ``map_file``)."""
+        return f"maps/{int(image_id)}.npz"
+
     def map_file(self, image_id: int | str) -> Path:
-        """``maps/<image_id>.npz``: the image's SLIC segmentation and float16 pixel maps."""
-        return safe_join(self.root, "maps", f"{int(image_id)}.npz")
+        """The image's SLIC segmentation and float16 pixel maps."""
+        return safe_join(self.root, self.map_name(image_id))
 
     @property
     def overlays(self) -> Path:
@@ -120,8 +126,12 @@ class SplitLayout:
         return self.root / "parts"
 
     def part_file(self, first_image: int, last_image: int) -> Path:
-        """One Dask chunk's explanations, merged into ``explanations.parquet`` afterwards."""
-        return self.parts / f"explanations-{int(first_image)}-{int(last_image)}.parquet"
+        """One Dask chunk's explanations, merged into ``explanations.parquet`` afterwards
+        (zero-padded ids, so that name order is id order)."""
+        return self.parts / f"explanations-{int(first_image):012d}-{int(last_image):012d}.parquet"
+
+    def part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("explanations-*.parquet"))
 
     @property
     def modes(self) -> Path:
@@ -146,6 +156,10 @@ class RunLayout:
 
     def evaluation(self, split: str) -> Path:
         return safe_join(self.output_dir, f"evaluation-{split}.json")
+
+    def evaluations(self) -> list[Path]:
+        """Every ``evaluation-<split>.json`` written so far, sorted by path."""
+        return sorted(self.output_dir.glob("evaluation-*.json"))
 
     def export(self, name: str) -> Path:
         return safe_join(self.output_dir, "export", name)

@@ -120,9 +120,10 @@ def test_dask_chunks_merge_to_the_local_table(mined, tmp_path, prefect_harness, 
 def test_plan_chunks_and_merge_parts(tmp_path):
     """No cluster: chunks are contiguous and even; the merge keeps the main table's copy of a
     row, sorts by image id (stable) and removes the parts."""
-    from e2x_pipeline.explain.parts import merge_parts, part_name, plan_chunks
+    from e2x_pipeline.explain.parts import merge_parts, plan_chunks
     from e2x_pipeline.explain.stage import TABLE_COLUMNS, _typed
     from e2x_pipeline.io_utils import write_table
+    from e2x_pipeline.layout import SplitLayout
 
     cands = pd.DataFrame({"image_id": [5, 1, 1, 9, 3, 7, 2]})
     assert plan_chunks(cands, 3) == [[1, 2], [3, 5], [7, 9]]
@@ -137,8 +138,10 @@ def test_plan_chunks_and_merge_parts(tmp_path):
         return _typed(pd.DataFrame([row], columns=list(TABLE_COLUMNS)))
 
     write_table(tmp_path / "explanations.parquet", rows(3, "c3", 1.0))
-    write_table(tmp_path / part_name([3, 5]), pd.concat([rows(5, "c5", 2.0), rows(3, "c3", 9.0)]))
-    write_table(tmp_path / part_name([1, 2]), rows(1, "c1", 3.0))
+    write_table(
+        SplitLayout(tmp_path).part_file(3, 5), pd.concat([rows(5, "c5", 2.0), rows(3, "c3", 9.0)])
+    )
+    write_table(SplitLayout(tmp_path).part_file(1, 2), rows(1, "c1", 3.0))
     table = merge_parts(tmp_path)
     assert list(table["candidate_id"]) == ["c1", "c3", "c5"]
     assert list(table["seconds"]) == [3.0, 1.0, 2.0]  # c3: the main table's row

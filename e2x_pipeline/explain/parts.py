@@ -28,11 +28,10 @@ from torch import Tensor
 
 from ..config import ExplainConfig
 from ..detectors.base import Detector
-from ..io_utils import safe_join, write_table
+from ..io_utils import write_table
+from ..layout import SplitLayout
 from .stage import TABLE_COLUMNS, _typed, explain_candidates
 
-TABLE = "explanations.parquet"
-PARTS = "parts"
 KEYS = ["candidate_id", "method", "output", "params_hash"]
 
 
@@ -51,11 +50,6 @@ def plan_chunks(candidates: pd.DataFrame, chunks: int) -> list[list[int]]:
     return out
 
 
-def part_name(image_ids: list[int]) -> str:
-    """``parts/explanations-<first>-<last>.parquet`` (zero-padded: name order = id order)."""
-    return f"{PARTS}/explanations-{min(image_ids):012d}-{max(image_ids):012d}.parquet"
-
-
 def explain_chunk(
     detector: Detector,
     candidates: pd.DataFrame,
@@ -72,11 +66,9 @@ def explain_chunk(
     ``candidates`` is the whole stage's candidates table (after ``explain.max_candidates``);
     rows already in the main table are seeded into a new part, so they are not explained again.
     """
-    out_dir = Path(out_dir)
+    layout = SplitLayout(Path(out_dir))
     ids = [int(i) for i in image_ids]
-    name = part_name(ids)
-    part = safe_join(out_dir, name)
-    main = out_dir / TABLE
+    part, main = layout.part_file(min(ids), max(ids)), layout.explanations
     if not part.is_file() and main.is_file():
         done = pd.read_parquet(main)
         done = done[done["image_id"].isin(ids)]
@@ -85,16 +77,15 @@ def explain_chunk(
     rows = candidates[candidates["image_id"].astype(int).isin(ids)]
     # (explain.max_candidates was applied to the whole table: a chunk holds no more than that)
     return explain_candidates(
-        detector, rows, cfg, out_dir, reference, seed, progress=progress, table_name=name
+        detector, rows, cfg, out_dir, reference, seed, progress=progress, table_path=part
     )
 
 
 def merge_parts(out_dir: str | Path) -> pd.DataFrame:
     """Fold every part into ``<out_dir>/explanations.parquet`` (atomically), remove the parts
     and return the table; the main table's rows win over a part's copy of the same key."""
-    out_dir = Path(out_dir)
-    main = out_dir / TABLE
-    parts = sorted(safe_join(out_dir, PARTS).glob("explanations-*.parquet"))
+    layout = SplitLayout(Path(out_dir))
+    main, parts = layout.explanations, layout.part_files()
     frames = [pd.read_parquet(main)] if main.is_file() else []
     frames += [pd.read_parquet(p) for p in parts]
     frames = [f for f in frames if len(f)]
@@ -110,5 +101,5 @@ def merge_parts(out_dir: str | Path) -> pd.DataFrame:
     for p in parts:
         p.unlink()
     with contextlib.suppress(OSError):
-        (out_dir / PARTS).rmdir()
+        layout.parts.rmdir()
     return table

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from ..config import ExplainConfig
 from ..data.coco import load_image
 from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
-from ..io_utils import atomic_write, safe_join, write_table
-from .base import Explanation, params_hash
+from ..io_utils import atomic_write, write_table
+from ..layout import SplitLayout
+from .base import Explainer, Explanation, params_hash
 from .registry import explainer_class, get_explainer
 from .superpixels import slic_segments
 
@@ -188,6 +189,129 @@ def _compact(pixel_map: np.ndarray) -> np.ndarray:
     return pixel_map.astype(np.float16)
 
 
+def _limit(candidates: pd.DataFrame, cfg: ExplainConfig) -> pd.DataFrame:
+    if cfg.max_candidates is not None and len(candidates) > cfg.max_candidates:
+        log.info(
+            "explaining the first %d of %d candidates (explain.max_candidates)",
+            cfg.max_candidates,
+            len(candidates),
+        )
+        return candidates.head(cfg.max_candidates)
+    return candidates
+
+
+def _flush_seconds() -> float:
+    return float(os.environ.get("E2X_EXPLAIN_FLUSH_SECONDS", FLUSH_SECONDS))
+
+
+class _ExplainRun:
+    """One pass of the explain stage over a table: what is done, what is new, and the writes."""
+
+    def __init__(
+        self,
+        explainers: dict[str, Explainer],
+        cfg: ExplainConfig,
+        layout: SplitLayout,
+        table_path: Path,
+        seed: int,
+    ) -> None:
+        self.explainers, self.cfg, self.layout, self.seed = explainers, cfg, layout, seed
+        self.table_path = table_path
+        self.existing = (
+            pd.read_parquet(table_path)
+            if table_path.is_file()
+            else pd.DataFrame(columns=list(TABLE_COLUMNS))
+        )
+        cols = ("candidate_id", "method", "output", "params_hash")
+        self.done = set(zip(*(self.existing[c] for c in cols), strict=True))
+        self.hashes = {m: params_hash(m, e.params(), seed) for m, e in explainers.items()}
+        self.seg_key = segments_key(cfg)
+        self.new_rows: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+
+    def pending(self, group: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+        """(method, output) -> the image's candidate rows not yet explained with these params."""
+        out: dict[tuple[str, str], pd.DataFrame] = {}
+        for method in self.cfg.methods:
+            for output in method_outputs(method, self.cfg):
+                h = self.hashes[method]
+                todo = group[
+                    [(str(c), method, output, h) not in self.done for c in group.candidate_id]
+                ]
+                if len(todo):
+                    out[(method, output)] = todo
+        return out
+
+    def no_candidate_row(self, r: pd.Series, image_id: int, method: str, output: str) -> dict:
+        """An invalid row: an uncovered FN (anchor -1) gives a candidate-following method nothing
+        to follow."""
+        return {
+            **{c: None for c in TABLE_COLUMNS},
+            "candidate_id": str(r["candidate_id"]),
+            "image_id": image_id,
+            "method": method,
+            "output": output,
+            "params_hash": self.hashes[method],
+            "params": json.dumps(self.explainers[method].params(), sort_keys=True),
+            "details": "{}",
+            "seed": self.seed,
+            "values": [],
+            "n_segments": 0,
+            "seconds": 0.0,
+            "passes": 0.0,
+            "shared_by": 0,
+            "valid": False,
+            "reason": "no detector candidate (anchor -1) to follow; only D-RISE "
+            "explains uncovered ground truth",
+        }
+
+    def explain_group(self, image_id: int, group: pd.DataFrame) -> None:
+        """Explain one image's pending rows with ONE SLIC segmentation; write its maps file."""
+        pending = self.pending(group)
+        if not pending:
+            return
+        image = load_image(group["image_path"].iloc[0])
+        segments = slic_segments(image, self.cfg.n_segments, self.cfg.compactness)
+        map_rel = SplitLayout.map_name(image_id)
+        arrays: dict[str, np.ndarray] = {self.seg_key: segments.astype(np.int32)}
+        for (method, output), rows in pending.items():
+            explainer = self.explainers[method]
+            followable = (rows["anchor"].astype(int) >= 0).to_numpy() | (
+                not explainer.needs_candidate
+            )
+            for _, r in rows[~followable].iterrows():
+                self.new_rows.append(self.no_candidate_row(r, image_id, method, output))
+            rows = rows[followable]
+            if not len(rows):
+                continue
+            targets = [Target.from_row(r) for r in rows.itertuples()]
+            cids = [str(c) for c in rows["candidate_id"]]
+            for exp in explainer.explain(
+                image, targets, output, segments=segments, candidate_ids=cids
+            ):
+                arrays[f"{exp.candidate_id}|{method}|{output}"] = _compact(exp.pixel_map)
+                self.new_rows.append(_row(exp, image_id, map_rel, self.seg_key))
+        _write_maps(self.layout.map_file(image_id), arrays)
+
+    def flush(self) -> pd.DataFrame:
+        """Write the table so far (existing rows + new ones), atomically."""
+        if not self.new_rows and len(self.existing):
+            table = self.existing
+        else:
+            new = _typed(pd.DataFrame(self.new_rows, columns=list(TABLE_COLUMNS)))
+            table = (
+                pd.concat([self.existing, new], ignore_index=True) if len(self.existing) else new
+            )
+        write_table(self.table_path, table)
+        self.last_flush = time.monotonic()
+        return table
+
+    def maybe_flush(self) -> None:
+        # A killed run keeps what was flushed; the rerun explains only the rest.
+        if time.monotonic() - self.last_flush >= _flush_seconds():
+            self.flush()
+
+
 def explain_candidates(
     detector: Detector,
     candidates: pd.DataFrame,
@@ -198,124 +322,28 @@ def explain_candidates(
     *,
     progress: bool = True,
     options: dict[str, dict[str, Any]] | None = None,
-    table_name: str = "explanations.parquet",
+    table_path: Path | None = None,
 ) -> pd.DataFrame:
     """Explain every candidate row with every ``cfg.methods`` method; return the full table.
 
     ``reference`` is the dataset mean (``[3, H, W]`` or ``[3]``) used when
     ``cfg.reference == "mean"``; ``zeros`` and ``blur`` references are made per image.
-    ``table_name`` is the table read and written under ``out_dir`` (a scale-out chunk writes
-    ``parts/explanations-<chunk>.parquet``, see :mod:`e2x_pipeline.explain.parts`).
+    ``table_path`` is the table read and written (default ``<out_dir>/explanations.parquet``; a
+    scale-out chunk writes its part, see :mod:`e2x_pipeline.explain.parts`).
     """
     _check_candidates(candidates)
-    if cfg.max_candidates is not None and len(candidates) > cfg.max_candidates:
-        log.info(
-            "explaining the first %d of %d candidates (explain.max_candidates)",
-            cfg.max_candidates,
-            len(candidates),
-        )
-        candidates = candidates.head(cfg.max_candidates)
-    out_dir = Path(out_dir)
-    table_path = safe_join(out_dir, table_name)
-    existing = (
-        pd.read_parquet(table_path)
-        if table_path.is_file()
-        else pd.DataFrame(columns=list(TABLE_COLUMNS))
-    )
-    done = set(
-        zip(
-            existing["candidate_id"],
-            existing["method"],
-            existing["output"],
-            existing["params_hash"],
-            strict=True,
-        )
-    )
+    candidates = _limit(candidates, cfg)
+    layout = SplitLayout(Path(out_dir))
     options = options or {}
     explainers = {
         m: get_explainer(m, detector, cfg, seed, mean=reference, **options.get(m, {}))
         for m in cfg.methods
     }
-    hashes = {m: params_hash(m, e.params(), seed) for m, e in explainers.items()}
-    seg_key = segments_key(cfg)
-    new_rows: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
-
-    def flush() -> pd.DataFrame:
-        new = _typed(pd.DataFrame(new_rows, columns=list(TABLE_COLUMNS)))
-        table = pd.concat([existing, new], ignore_index=True) if len(existing) else new
-        if not new_rows and len(existing):
-            table = existing
-        write_table(table_path, table)
-        return table
-
+    run = _ExplainRun(explainers, cfg, layout, table_path or layout.explanations, seed)
     groups = list(candidates.groupby("image_id", sort=True))
     for image_id, group in tqdm(groups, desc="explain", unit="img", disable=not progress):
-        pending: dict[tuple[str, str], pd.DataFrame] = {}
-        for method in cfg.methods:
-            for output in method_outputs(method, cfg):
-                keys = [(str(c), method, output, hashes[method]) for c in group["candidate_id"]]
-                todo = group[[k not in done for k in keys]]
-                if len(todo):
-                    pending[(method, output)] = todo
-        if not pending:
-            continue
-        image = load_image(group["image_path"].iloc[0])
-        segments = slic_segments(image, cfg.n_segments, cfg.compactness)
-        map_rel = f"maps/{int(image_id)}.npz"
-        arrays: dict[str, np.ndarray] = {seg_key: segments.astype(np.int32)}
-        for (method, output), rows in pending.items():
-            has_candidate = (rows["anchor"].astype(int) >= 0).to_numpy() | (
-                not explainer_class(method).needs_candidate
-            )
-            for _, r in rows[~has_candidate].iterrows():
-                new_rows.append(
-                    {
-                        "candidate_id": str(r["candidate_id"]),
-                        "image_id": int(image_id),
-                        "method": method,
-                        "output": output,
-                        "params_hash": hashes[method],
-                        "params": json.dumps(explainers[method].params(), sort_keys=True),
-                        "details": "{}",
-                        "seed": seed,
-                        "values": [],
-                        "n_segments": 0,
-                        "seconds": 0.0,
-                        "passes": 0.0,
-                        "shared_by": 0,
-                        "valid": False,
-                        "reason": "no detector candidate (anchor -1) to follow; only D-RISE "
-                        "explains uncovered ground truth",
-                        "map_file": None,
-                        "map_key": None,
-                        "segments_key": None,
-                    }
-                )
-            rows = rows[has_candidate]
-            if not len(rows):
-                continue
-            targets = [
-                Target(
-                    int(r.anchor),
-                    int(r.label),
-                    (float(r.box_x1), float(r.box_y1), float(r.box_x2), float(r.box_y2)),
-                )
-                for r in rows.itertuples()
-            ]
-            cids = [str(c) for c in rows["candidate_id"]]
-            exps = explainers[method].explain(
-                image, targets, output, segments=segments, candidate_ids=cids
-            )
-            for exp in exps:
-                arrays[f"{exp.candidate_id}|{method}|{output}"] = _compact(exp.pixel_map)
-                new_rows.append(_row(exp, int(image_id), map_rel, seg_key))
-        _write_maps(safe_join(out_dir, map_rel), arrays)
-        if time.monotonic() - last_flush >= float(
-            os.environ.get("E2X_EXPLAIN_FLUSH_SECONDS", FLUSH_SECONDS)
-        ):
-            flush()
-            last_flush = time.monotonic()
+        run.explain_group(int(image_id), group)
+        run.maybe_flush()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return flush()
+    return run.flush()
