@@ -22,10 +22,15 @@ def bench_mine(cfg: E2XConfig, out_dir: Path, progress: bool = True, repeats: in
     from e2x_pipeline.data.benchmark import load_causes
     from e2x_pipeline.inference import detect_dataset
     from e2x_pipeline.mining import mine
-    from e2x_pipeline.stages import detector_for, ensure_benchmark, open_split, train_stage
+    from e2x_pipeline.stages import (
+        detector_for,
+        ensure_benchmark,
+        open_split,
+        resolve_checkpoint,
+    )
 
     ensure_benchmark(cfg)
-    ckpt = cfg.model.checkpoint or train_stage(cfg, progress=progress)[0]
+    ckpt = resolve_checkpoint(cfg, progress)
     det = detector_for(cfg, ckpt)
     split = cfg.data.eval_split
     ds = open_split(cfg, split)

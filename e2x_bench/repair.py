@@ -17,33 +17,40 @@ demo's run, made first when missing). Results: ``reports/bench/repair.{json,md,p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from e2x_pipeline.config import E2XConfig
+from e2x_pipeline.detectors.base import Detector
+from e2x_pipeline.layout import SplitLayout
+
+from .selection import STRATEGIES, SelectionInputs
 
 FN_CAUSES = ("occluder", "camouflage")
-STRATEGIES = ("e2x", "random", "least_confidence", "similarity")
 
 
-def _prepare(cfg: E2XConfig, progress: bool):
-    """Make (or reuse) the run's tables up to the repair scores; return the detector and paths."""
+def _prepare(cfg: E2XConfig, progress: bool) -> tuple[Detector, Path, SplitLayout]:
+    """Make (or reuse) the run's tables up to the repair scores; return the detector, its
+    checkpoint and the eval split's layout."""
     from e2x_pipeline import stages
 
     stages.ensure_benchmark(cfg)
-    ckpt = cfg.model.checkpoint or stages.train_stage(cfg, progress=progress)[0]
+    ckpt = stages.resolve_checkpoint(cfg, progress)
     det = stages.detector_for(cfg, ckpt)
     split = cfg.data.eval_split
-    d = stages.split_dir(cfg, split)
-    if not (d / "candidates.parquet").is_file():
+    layout = cfg.split_layout(split)
+    if not layout.candidates.is_file():
         stages.mine_stage(cfg, det, split)
     stages.explain_stage(cfg, det, split, progress)
     stages.cluster_stage(cfg, det, split, progress)
     stages.repair_stage(cfg, det, split, progress)
-    return det, Path(ckpt), d
+    return det, Path(ckpt), layout
 
 
 def _outcome(ev: dict, before: dict) -> dict:
@@ -63,88 +70,48 @@ def _outcome(ev: dict, before: dict) -> dict:
     }
 
 
-def bench_repair(
-    cfg: E2XConfig,
-    out_dir: Path,
-    progress: bool = True,
-    budgets: tuple[float, ...] = (0.02, 0.05, 0.10),
-    seeds: tuple[int, ...] = (0, 1, 2),
-) -> dict:
+def _evaluator(cfg: E2XConfig) -> Callable[[Detector], dict]:
+    """``evaluate(detector)``: its evaluation on ``retrain.eval_split`` (planted causes too)."""
     from e2x_pipeline import stages
     from e2x_pipeline.data.benchmark import load_causes
     from e2x_pipeline.evaluation import evaluate_detector_outputs
     from e2x_pipeline.inference import detect_dataset
-    from e2x_pipeline.retrain import retrain_detector, reveal_labels
-    from .selection import (
-        select_e2x,
-        select_least_confidence,
-        select_random,
-        select_similar_images,
-    )
 
-    t_start = time.perf_counter()
-    det, ckpt, d = _prepare(cfg, progress)
-    pool = stages.open_split(cfg, cfg.repair.pool_split)
-    labels = stages.pool_labels(cfg)
-    if labels is None:
-        raise FileNotFoundError("bench repair needs the pool's labels (repair.pool_labels)")
-    train = stages.open_split(cfg, "train")
     test_name = cfg.retrain.eval_split
     test = stages.open_split(cfg, test_name)
     causes = load_causes(cfg.data.root, test_name)
-    pool_causes = load_causes(cfg.data.root, cfg.repair.pool_split)
-    carriers = {int(c["image_id"]) for c in pool_causes}
-    name_to_id = {pool.images[i]["file_name"]: i for i in pool.image_ids}
 
-    def evaluate(detector) -> dict:
+    def evaluate(detector: Detector) -> dict:
         dets = detect_dataset(detector, test, cfg.mining.low_threshold, progress=False)
         return evaluate_detector_outputs(
             test, dets, detector.classes, causes, cfg.mining.operating_threshold, cfg.mining.iou
         )
 
-    before = evaluate(det)
-    scores = pd.read_parquet(d / "repair_scores.parquet")
-    modes = pd.read_parquet(d / "failure_modes.parquet")
-    cands = pd.read_parquet(d / "candidates.parquet")
-    expl = pd.read_parquet(d / "explanations.parquet")
+    return evaluate
+
+
+def _selection_inputs(
+    cfg: E2XConfig, det: Detector, pool: Any, layout: SplitLayout
+) -> SelectionInputs:
+    """The strategies' inputs: the repair stage's tables and the explained failures' images."""
+    cands = pd.read_parquet(layout.candidates)
+    expl = pd.read_parquet(layout.explanations)
     failure_images = sorted(
         set(cands.set_index("candidate_id").loc[expl["candidate_id"].unique(), "image_path"])
     )
-    t_sel = time.perf_counter()
-    uncertainty_order = select_least_confidence(det, pool, len(pool.images))
-    similarity_order = select_similar_images(det, pool, failure_images, len(pool.images))
-    selection_seconds = time.perf_counter() - t_sel
+    return SelectionInputs(
+        det,
+        pool,
+        failure_images,
+        pd.read_parquet(layout.repair_scores),
+        pd.read_parquet(layout.failure_modes),
+        cfg.repair.allocation,
+    )
 
-    runs = []
-    plan = [(b, s, seed) for b in budgets for s in STRATEGIES for seed in seeds]
-    for budget_share, strategy, seed in tqdm(plan, desc="bench repair", disable=not progress):
-        n = max(1, round(budget_share * len(pool.images)))
-        if strategy == "e2x":
-            files = select_e2x(scores, modes, pool, n, cfg.repair.allocation)
-        elif strategy == "random":
-            files = select_random(pool, n, seed)
-        elif strategy == "least_confidence":
-            files = uncertainty_order[:n]
-        else:
-            files = similarity_order[:n]
-        t0 = time.perf_counter()
-        after, _ = retrain_detector(
-            det, train, reveal_labels(labels, files), cfg.retrain, cfg.train, seed, False
-        )
-        runs.append(
-            {
-                "budget_share": budget_share,
-                "budget": n,
-                "strategy": strategy,
-                "seed": seed,
-                "selected": len(files),
-                "selected_with_cause": sum(name_to_id[f] in carriers for f in files),
-                "retrain_seconds": round(time.perf_counter() - t0, 1),
-                **_outcome(evaluate(after), before),
-            }
-        )
-    table = pd.DataFrame(runs)
-    summary = (
+
+def _summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (budget share, strategy): means (and sd) over the seeds."""
+    return (
         table.groupby(["budget_share", "strategy"])
         .agg(
             budget=("budget", "first"),
@@ -158,22 +125,92 @@ def bench_repair(
         )
         .reset_index()
     )
-    targets = targets_at(summary, 0.05)
+
+
+@dataclass
+class _Bench:
+    """What every fine-tuning run of the benchmark shares."""
+
+    cfg: E2XConfig
+    det: Detector
+    pool: Any  # CocoDataset of repair.pool_split
+    labels: Any  # the pool's labels, revealed for the selected images
+    train: Any  # CocoDataset of the train split
+    evaluate: Callable[[Detector], dict]
+    before: dict  # evaluate(det)
+    carriers: set[int]  # pool images with a planted cause
+
+
+def _bench(cfg: E2XConfig, det: Detector) -> _Bench:
+    from e2x_pipeline import stages
+    from e2x_pipeline.data.benchmark import load_causes
+
+    pool = stages.open_split(cfg, cfg.repair.pool_split)
+    labels = stages.pool_labels(cfg)
+    if labels is None:
+        raise FileNotFoundError("bench repair needs the pool's labels (repair.pool_labels)")
+    train = stages.open_split(cfg, "train")
+    evaluate = _evaluator(cfg)
+    carriers = {int(c["image_id"]) for c in load_causes(cfg.data.root, cfg.repair.pool_split)}
+    return _Bench(cfg, det, pool, labels, train, evaluate, evaluate(det), carriers)
+
+
+def _run(b: _Bench, files: list[str], seed: int) -> dict:
+    """Fine-tune on train plus ``files`` (labels revealed) and evaluate against ``b.before``."""
+    from e2x_pipeline.retrain import retrain_detector, reveal_labels
+
+    cfg = b.cfg
+    name_to_id = {b.pool.images[i]["file_name"]: i for i in b.pool.image_ids}
+    t0 = time.perf_counter()
+    after, _ = retrain_detector(
+        b.det, b.train, reveal_labels(b.labels, files), cfg.retrain, cfg.train, seed, False
+    )
+    return {
+        "selected": len(files),
+        "selected_with_cause": sum(name_to_id[f] in b.carriers for f in files),
+        "retrain_seconds": round(time.perf_counter() - t0, 1),
+        **_outcome(b.evaluate(after), b.before),
+    }
+
+
+def bench_repair(
+    cfg: E2XConfig,
+    out_dir: Path,
+    progress: bool = True,
+    budgets: tuple[float, ...] = (0.02, 0.05, 0.10),
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> dict:
+    """Every strategy of :data:`.selection.STRATEGIES` at every budget and seed (module doc)."""
+    from .common import write_bench
+
+    t_start = time.perf_counter()
+    det, _, layout = _prepare(cfg, progress)
+    b = _bench(cfg, det)
+    inputs = _selection_inputs(cfg, det, b.pool, layout)
+    t_sel = time.perf_counter()
+    inputs.rank()
+    selection_seconds = time.perf_counter() - t_sel
+    runs = []
+    plan = [(share, s, seed) for share in budgets for s in STRATEGIES for seed in seeds]
+    for budget_share, strategy, seed in tqdm(plan, desc="bench repair", disable=not progress):
+        n = max(1, round(budget_share * len(b.pool.images)))
+        files = STRATEGIES[strategy](inputs, n, seed)
+        head = {"budget_share": budget_share, "budget": n, "strategy": strategy, "seed": seed}
+        runs.append({**head, **_run(b, files, seed)})
+    summary = _summary(pd.DataFrame(runs))
     result = {
-        "pool_images": len(pool.images),
+        "pool_images": len(b.pool.images),
         "budgets": list(budgets),
         "seeds": list(seeds),
         "retrain": cfg.retrain.model_dump(mode="json"),
-        "before": _outcome(before, before),
+        "before": _outcome(b.before, b.before),
         "runs": runs,
         "summary": summary.to_dict("records"),
-        "targets_at_5_percent": targets,
+        "targets_at_5_percent": targets_at(summary, 0.05),
         "selection_seconds_uncertainty_and_similarity": round(selection_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
-    _plot(summary, before, out_dir / "repair.png")
-    from .common import write_bench
-
+    _plot(summary, b.before, out_dir / "repair.png")
     write_bench(out_dir, "repair", result, _markdown(result, summary))
     return result
 

@@ -1,8 +1,8 @@
 """``e2x bench scale``: the explain stage on 1 against 2 Dask workers, in one run.
 
-The eval split's mined failures (``<output_dir>/<split>/candidates.parquet``, e.g. the demo's
-``runs/demo/val``; ``explain.max_candidates`` takes a subset) are explained from scratch into a
-fresh folder per worker count, on a LocalCluster of N single-threaded worker processes with
+The eval split's mined failures (its ``candidates`` table, e.g. the demo's ``runs/demo/val``;
+``explain.max_candidates`` takes a subset) are explained from scratch into a fresh folder per
+worker count, on a LocalCluster of N single-threaded worker processes with
 ``torch.set_num_threads(1)`` in every task, 4 chunks per worker. The time measured is the explain
 stage's wall time from the first submitted chunk to the merged table (the cluster's start-up and
 the overlays are left out and reported apart). Both runs must give the same table.
@@ -33,78 +33,52 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return all(np.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a["values"], b["values"]))
 
 
-def bench_scale(
-    cfg: E2XConfig, out_dir: Path, progress: bool = True, workers: tuple[int, ...] = WORKERS
-) -> dict:
+def _one_run(
+    cfg: E2XConfig, split: str, source: Path, n: int, ckpt: Path, work: Path
+) -> tuple[dict, pd.DataFrame]:
+    """The explain stage from scratch on ``n`` workers, in a fresh output folder under ``work``
+    holding only a copy of the candidates table at ``source``. Returns its record and table."""
     from flows.dask_explain import explain_with_dask
     from flows.runners import dask_options
 
-    from e2x_pipeline import stages
-    from .common import write_bench
-
-    split = cfg.data.eval_split
-    src = stages.candidates_table(cfg, split).parent
-    ckpt = cfg.model.checkpoint or stages.train_stage(cfg, progress=progress)[0]
-    cands = stages.failures(pd.read_parquet(src / "candidates.parquet"), cfg.explain.max_candidates)
-    work = Path(tempfile.mkdtemp(prefix="e2x-bench-scale-"))
-    runs, tables = [], []
-    try:
-        for n in workers:
-            out = work / f"workers-{n}"
-            (out / split).mkdir(parents=True)
-            shutil.copy(src / "candidates.parquet", out / split / "candidates.parquet")
-            run_cfg = cfg.model_copy(update={"output_dir": out})
-            load_before = os.getloadavg()
-            t0 = time.perf_counter()
-            result = explain_with_dask(
-                run_cfg, split, dask_options(workers=n), progress=False, checkpoint=ckpt
-            )
-            total = time.perf_counter() - t0
-            tables.append(pd.read_parquet(out / split / "explanations.parquet"))
-            runs.append(
-                {
-                    "workers": n,
-                    "explain_seconds": result["wall_seconds"],
-                    "total_seconds": round(total, 2),
-                    "chunks": len(result["chunks"]),
-                    "chunk_seconds": [c["seconds"] for c in result["chunks"]],
-                    "chunk_seconds_sum": round(sum(c["seconds"] for c in result["chunks"]), 2),
-                    "worker_processes": len({c["pid"] for c in result["chunks"]}),
-                    "explanations": result["explanations"],
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                }
-            )
-            if progress:
-                print(f"{n} worker(s): {result['wall_seconds']:.1f} s", flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    base = runs[0]["explain_seconds"]
-    for r in runs:
-        r["speedup"] = round(base / r["explain_seconds"], 3)
-    speedup = runs[-1]["speedup"]
-    same = all(_same_rows(tables[0], t) for t in tables[1:])
-    result_d = {
-        "split": split,
-        "source": str(src),
-        "checkpoint": str(ckpt),
-        "candidates": int(len(cands)),
-        "images": int(cands["image_id"].nunique()),
-        "methods": list(cfg.explain.methods),
-        "runs": runs,
-        "speedup": speedup,
-        "target": f">= {TARGET}",
-        "target_met": speedup >= TARGET,
-        "same_table": same,
+    run_cfg = cfg.model_copy(update={"output_dir": work / f"workers-{n}"})
+    layout = run_cfg.split_layout(split)
+    layout.root.mkdir(parents=True)
+    shutil.copy(source, layout.candidates)
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    result = explain_with_dask(
+        run_cfg, split, dask_options(workers=n), progress=False, checkpoint=ckpt
+    )
+    total = time.perf_counter() - t0
+    table = pd.read_parquet(layout.explanations)
+    chunks = result["chunks"]
+    record = {
+        "workers": n,
+        "explain_seconds": result["wall_seconds"],
+        "total_seconds": round(total, 2),
+        "chunks": len(chunks),
+        "chunk_seconds": [c["seconds"] for c in chunks],
+        "chunk_seconds_sum": round(sum(c["seconds"] for c in chunks), 2),
+        "worker_processes": len({c["pid"] for c in chunks}),
+        "explanations": result["explanations"],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
+    return record, table
+
+
+def _markdown(cfg: E2XConfig, result: dict) -> str:
+    runs, speedup = result["runs"], result["speedup"]
     rows = "\n".join(
         f"| {r['workers']} | {r['explain_seconds']:.1f} | {r['total_seconds']:.1f} | "
         f"{r['chunks']} | {r['chunk_seconds_sum']:.1f} | {r['speedup']:.2f} | "
         f"{r['load_average_before'][0]:.2f} | {r['load_average_after'][0]:.2f} |"
         for r in runs
     )
-    md = (
-        f"Explain stage on `{src}`: {len(cands)} failures on {result_d['images']} images, "
+    return (
+        f"Explain stage on `{result['source']}`: {result['candidates']} failures on "
+        f"{result['images']} images, "
         f"methods {', '.join(cfg.explain.methods)}; LocalCluster of N worker processes with one "
         f"thread each, `torch.set_num_threads(1)` in each task, {os.cpu_count()} CPU cores.\n\n"
         "| workers | explain s (submit to merged table) | total s (with cluster start, overlays) "
@@ -115,7 +89,50 @@ def bench_scale(
         "the workers wait for CPU (other processes on the machine, the Prefect server, the Dask "
         "scheduler), and the speedup measures the machine's free cores more than the code.\n\n"
         f"Speedup with {runs[-1]['workers']} workers: **{speedup:.2f}x** (target >= {TARGET}: "
-        f"{'met' if speedup >= TARGET else 'MISSED'}). Same table from every run: {same}."
+        f"{'met' if speedup >= TARGET else 'MISSED'}). Same table from every run: "
+        f"{result['same_table']}."
     )
-    write_bench(out_dir, "scale", result_d, md)
+
+
+def bench_scale(
+    cfg: E2XConfig, out_dir: Path, progress: bool = True, workers: tuple[int, ...] = WORKERS
+) -> dict:
+    """Explain the eval split's failures on each worker count; the speedup over the first."""
+    from e2x_pipeline import stages
+
+    from .common import write_bench
+
+    split = cfg.data.eval_split
+    source = cfg.split_layout(split).require("candidates")
+    ckpt = stages.resolve_checkpoint(cfg, progress)
+    cands = stages.failures(pd.read_parquet(source), cfg.explain.max_candidates)
+    work = Path(tempfile.mkdtemp(prefix="e2x-bench-scale-"))
+    runs, tables = [], []
+    try:
+        for n in workers:
+            record, table = _one_run(cfg, split, source, n, ckpt, work)
+            runs.append(record)
+            tables.append(table)
+            if progress:
+                print(f"{n} worker(s): {record['explain_seconds']:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = runs[0]["explain_seconds"]
+    for r in runs:
+        r["speedup"] = round(base / r["explain_seconds"], 3)
+    speedup = runs[-1]["speedup"]
+    result_d = {
+        "split": split,
+        "source": str(source.parent),
+        "checkpoint": str(ckpt),
+        "candidates": int(len(cands)),
+        "images": int(cands["image_id"].nunique()),
+        "methods": list(cfg.explain.methods),
+        "runs": runs,
+        "speedup": speedup,
+        "target": f">= {TARGET}",
+        "target_met": speedup >= TARGET,
+        "same_table": all(_same_rows(tables[0], t) for t in tables[1:]),
+    }
+    write_bench(out_dir, "scale", result_d, _markdown(cfg, result_d))
     return result_d

@@ -12,11 +12,17 @@ Each returns the file names of ``budget`` pool images, best first:
   any image that holds an explained failure (scikit-learn ``NearestNeighbors``, the same index
   FiftyOne Brain's sklearn backend uses).
 * :func:`select_e2x` -- the repair stage's mode-aware selection at another budget.
+
+:data:`STRATEGIES` is their registry: name -> ``strategy(inputs, budget, seed)``, each taking a
+:class:`SelectionInputs` (what any strategy may use; the model-based rankings are computed once,
+on first use, and cut to each budget).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -91,3 +97,67 @@ def select_e2x(
     sizes = {int(m.mode_id): int(m.size) for m in modes.itertuples()}
     chosen = select_repair_set(scores, sizes, budget, allocation)
     return _names(pool, chosen["image_id"].tolist())
+
+
+@dataclass
+class SelectionInputs:
+    """What a selection strategy may use: the detector, the pool, the images that hold an
+    explained failure, and the repair stage's match scores and failure modes."""
+
+    detector: Detector
+    pool: CocoDataset
+    failure_images: list[str]
+    scores: pd.DataFrame  # the repair stage's match scores (pool image x failure mode)
+    modes: pd.DataFrame  # the failure modes (mode_id, size)
+    allocation: str  # repair.allocation
+
+    @cached_property
+    def uncertainty_order(self) -> list[str]:
+        """Every pool image, most uncertain first (:func:`select_least_confidence`)."""
+        return select_least_confidence(self.detector, self.pool, len(self.pool.images))
+
+    @cached_property
+    def similarity_order(self) -> list[str]:
+        """Every pool image, most similar to any failure image first (module doc)."""
+        return select_similar_images(
+            self.detector, self.pool, self.failure_images, len(self.pool.images)
+        )
+
+    def rank(self) -> None:
+        """Compute the model-based rankings now (so that their time can be measured apart)."""
+        _ = self.uncertainty_order, self.similarity_order
+
+
+Strategy = Callable[[SelectionInputs, int, int], list[str]]  # (inputs, budget, seed) -> files
+
+
+def _e2x(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return select_e2x(inputs.scores, inputs.modes, inputs.pool, budget, inputs.allocation)
+
+
+def _random(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return select_random(inputs.pool, budget, seed)
+
+
+def _least_confidence(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return inputs.uncertainty_order[:budget]
+
+
+def _similarity(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return inputs.similarity_order[:budget]
+
+
+# name -> strategy; the order is the order of the benchmark's tables and plots
+STRATEGIES: dict[str, Strategy] = {
+    "e2x": _e2x,
+    "random": _random,
+    "least_confidence": _least_confidence,
+    "similarity": _similarity,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy registered as ``name`` (a KeyError lists the registered ones)."""
+    if name not in STRATEGIES:
+        raise KeyError(f"unknown selection strategy {name!r}; registered: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]

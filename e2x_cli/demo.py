@@ -6,7 +6,7 @@ from e2x_pipeline.config import E2XConfig
 
 
 def print_summary(summary: dict) -> None:
-    from e2x_pipeline.stages import format_evaluation
+    from e2x_pipeline.evaluation import format_evaluation
 
     print("\n== 1. Detector on the planted-failure benchmark ==")
     print(f"checkpoint: {summary['checkpoint']} (trained in {summary.get('train_seconds')} s)")
@@ -31,7 +31,7 @@ def print_summary(summary: dict) -> None:
             f"fields), '{names['pool']}' (view e2x-repair). Open: e2x app --view e2x-repair"
         )
     if summary.get("retrain"):
-        from e2x_pipeline.stages import format_retrain
+        from e2x_pipeline.retrain import format_retrain
 
         print("\n== 6. Before/after: retrained with the repair set ==")
         print(format_retrain(summary["retrain"]))
@@ -42,7 +42,7 @@ def print_summary(summary: dict) -> None:
 
 def print_run(summary: dict) -> None:
     """What ``e2x run`` prints: the demo's summary without the benchmark's story headings."""
-    from e2x_pipeline.stages import format_evaluation
+    from e2x_pipeline.evaluation import format_evaluation
 
     print(f"checkpoint: {summary['checkpoint']}")
     if summary.get("evaluation"):
@@ -53,7 +53,7 @@ def print_run(summary: dict) -> None:
     print(summary["failure_modes"]["table"])
     print(summary["repair"]["table"])
     if summary.get("retrain"):
-        from e2x_pipeline.stages import format_retrain
+        from e2x_pipeline.retrain import format_retrain
 
         print(format_retrain(summary["retrain"]))
     for key, name in (summary.get("fiftyone_datasets") or {}).items():

@@ -202,3 +202,36 @@ def evaluate_detector_outputs(
         result["distractor_fp_rate"] = fired / len(distractors)
         result["distractors"] = len(distractors)
     return result
+
+
+def format_evaluation(results: list[dict]) -> str:
+    """A plain-text table of evaluation results, one column per split."""
+    rows = [
+        ("images", "images"),
+        ("mAP@0.5 (all)", "map50"),
+        ("mAP@0.5 (clean images)", "map50_clean"),
+        ("recall, clean objects", "recall_clean"),
+    ]
+    causes = sorted({c for r in results for c in r.get("recall_by_cause", {})})
+    lines = [f"{'metric':<32}" + "".join(f"{r['split']:>10}" for r in results)]
+    for title, key in rows:
+        lines.append(f"{title:<32}" + "".join(cell(r.get(key)) for r in results))
+    for c in causes:
+        lines.append(
+            f"{'recall, cause ' + c:<32}"
+            + "".join(cell(r.get("recall_by_cause", {}).get(c)) for r in results)
+        )
+    lines.append(
+        f"{'FP rate on distractors':<32}"
+        + "".join(cell(r.get("distractor_fp_rate")) for r in results)
+    )
+    return "\n".join(lines)
+
+
+def cell(v: object) -> str:
+    """One right-aligned 10-character column of the plain-text tables: ``-`` for no value."""
+    if v is None:
+        return f"{'-':>10}"
+    if isinstance(v, float):
+        return f"{v:>10.3f}"
+    return f"{v!s:>10}"

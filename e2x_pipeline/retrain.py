@@ -11,7 +11,9 @@
   no detection of its class at the operating threshold overlaps its box with IoU >= ``iou``.
 
 The checkpoint's metadata records its parent checkpoint, the repair set's id (a hash of the
-selected file names) and the data hash of train + added images.
+selected file names) and the data hash of train + added images. :func:`retrained_detector` caches
+it under the run's ``checkpoints/`` by the parent checkpoint, the repair set and the retrain
+settings (:func:`retrain_key`); :func:`format_retrain` prints the before/after of ``retrain.json``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
-from .config import RetrainConfig, TrainConfig
+from .config import E2XConfig, RetrainConfig, TrainConfig, resolve_device
 from .data.coco import CocoDataset
-from .detectors import save_checkpoint
+from .detectors import load_checkpoint, load_detector, save_checkpoint
 from .detectors.base import Detector
+from .evaluation import cell
 from .inference import detect_dataset
+from .io_utils import file_hash
 from .training import dataset_hash, train
 
 
@@ -162,3 +166,78 @@ def save_retrained(
     state = {k: v.detach().cpu() for k, v in detector.model.state_dict().items()}
     save_checkpoint(path, state, meta)
     return json.loads(json.dumps(meta, default=str))
+
+
+def retrain_key(cfg: E2XConfig, parent: Path, added: CocoDataset) -> str:
+    """The retrained checkpoint's cache key: the parent checkpoint's content hash, the repair
+    set's id and the retrain, train (less ``num_threads``) and seed settings."""
+    names = [im["file_name"] for im in added.images.values()]
+    key_src = {
+        "parent": file_hash(parent),
+        "repair_set": repair_set_id(names),
+        "retrain": cfg.retrain.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"num_threads"}),
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def retrained_detector(
+    cfg: E2XConfig,
+    base: Detector,
+    parent: Path,
+    train_split: CocoDataset,
+    added: CocoDataset,
+    progress: bool = True,
+    force: bool = False,
+) -> tuple[Detector, Path, dict]:
+    """``base`` retrained on train + ``added``: loaded from ``checkpoints/retrained-<key>.pt``
+    when that exists (and not ``force``), else trained and saved there with its lineage."""
+    path = cfg.layout.checkpoints / f"retrained-{retrain_key(cfg, parent, added)}.pt"
+    if path.is_file() and not force:
+        model = cfg.model.model_copy(update={"checkpoint": path})
+        return load_detector(model, resolve_device(cfg.device)), path, load_checkpoint(path)[1]
+    after, log = retrain_detector(
+        base, train_split, added, cfg.retrain, cfg.train, cfg.seed, progress
+    )
+    return after, path, save_retrained(path, after, parent, added, log, train_split, cfg.retrain)
+
+
+def closure_table(
+    before: Detector,
+    after: Detector,
+    split: CocoDataset,
+    candidates: pd.DataFrame,
+    features: pd.DataFrame,
+    operating_threshold: float = 0.5,
+) -> list[dict]:
+    """Per failure mode: its failures and how many each detector closes (``closed_before``,
+    ``closed_after``, and their shares), as ``retrain.json`` records them."""
+    b = closure_by_mode(before, split, candidates, features, operating_threshold)
+    a = closure_by_mode(after, split, candidates, features, operating_threshold)
+    merged = b.merge(a, on=["mode_id", "failures"], suffixes=("_before", "_after"))
+    return merged.to_dict("records")
+
+
+def format_retrain(result: dict) -> str:
+    """Before/after as plain text: the headline metrics, then the failure modes."""
+    b, a = result["before"], result["after"]
+    lines = [
+        f"retrained on train + {result['added_images']} repair-set images "
+        f"-> {result['checkpoint']}",
+        f"{'metric (' + result['eval_split'] + ')':<32}{'before':>10}{'after':>10}",
+    ]
+    rows = [("mAP@0.5", b.get("map50"), a.get("map50"))]
+    rows += [("recall, clean objects", b.get("recall_clean"), a.get("recall_clean"))]
+    for c in sorted(b.get("recall_by_cause", {})):
+        rows.append((f"recall, cause {c}", b["recall_by_cause"][c], a["recall_by_cause"].get(c)))
+    if "distractor_fp_rate" in b:
+        rows.append(("FP rate on distractors", b["distractor_fp_rate"], a["distractor_fp_rate"]))
+    for name, x, y in rows:
+        lines.append(f"{name:<32}{cell(x)}{cell(y)}")
+    for m in result["closure_by_mode"]:
+        lines.append(
+            f"{'failure mode ' + str(m['mode_id']) + ' closed':<32}"
+            f"{m['closed_before']:>6}/{m['failures']:<3}{m['closed_after']:>6}/{m['failures']:<3}"
+        )
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
 """Stage functions shared by the CLI and the Prefect flows: each reads and writes files only.
 
-They resolve paths from the config, call the library, and write their outputs atomically. The
-flows in ``flows/`` wrap these as tasks; the CLI calls them directly or through the flow.
+They resolve paths from the config's run layout (:mod:`e2x_pipeline.layout`), call the library,
+and write their outputs atomically. The flows in ``flows/`` wrap these as tasks; the CLI calls
+them directly or through the flow. The formatters live next to their results
+(:func:`~e2x_pipeline.evaluation.format_evaluation`, :func:`~e2x_pipeline.retrain.format_retrain`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .data.benchmark import GENERATOR_VERSION, load_causes, make_benchmark
 from .data.coco import CocoDataset, load_coco
 from .detectors import load_detector
 from .detectors.base import Detector
-from .evaluation import evaluate_detector_outputs
+from .evaluation import evaluate_detector_outputs, format_evaluation  # noqa: F401 (re-exported)
 from .inference import detect_dataset
 from .io_utils import safe_join, write_json
 from .locking import run_lock
@@ -51,16 +53,20 @@ def open_split(cfg: E2XConfig, split: str) -> CocoDataset:
     return load_coco(spec.annotations, spec.images, cfg.mining.on_bad_record)
 
 
-def checkpoint_dir(cfg: E2XConfig) -> Path:
-    return cfg.output_dir / "checkpoints"
-
-
 def train_stage(cfg: E2XConfig, progress: bool = True, force: bool = False) -> tuple[Path, dict]:
     """Train the configured detector on ``train`` (cached by data hash and config)."""
     device = resolve_device(cfg.device)
     return train_detector(
-        cfg, open_split(cfg, "train"), checkpoint_dir(cfg), device, progress, force
+        cfg, open_split(cfg, "train"), cfg.layout.checkpoints, device, progress, force
     )
+
+
+def resolve_checkpoint(cfg: E2XConfig, progress: bool = True) -> Path:
+    """The checkpoint a stage runs on: ``model.checkpoint`` when set, else the one ``e2x train``
+    makes (cached by data hash and config, so this trains only the first time)."""
+    if cfg.model.checkpoint is not None:
+        return Path(cfg.model.checkpoint)
+    return train_stage(cfg, progress=progress)[0]
 
 
 def detector_for(cfg: E2XConfig, checkpoint: Path | None = None) -> Detector:
@@ -88,52 +94,22 @@ def evaluate_stage(
     )
     result["split"] = split
     if record:  # the configured detector's evaluation; retrained ones go into retrain.json
-        write_json(cfg.output_dir / f"evaluation-{split}.json", result)
+        write_json(cfg.layout.evaluation(split), result)
     return result
 
 
-def format_evaluation(results: list[dict]) -> str:
-    """A plain-text table of evaluation results, one column per split."""
-    rows = [
-        ("images", "images"),
-        ("mAP@0.5 (all)", "map50"),
-        ("mAP@0.5 (clean images)", "map50_clean"),
-        ("recall, clean objects", "recall_clean"),
-    ]
-    causes = sorted({c for r in results for c in r.get("recall_by_cause", {})})
-    lines = [f"{'metric':<32}" + "".join(f"{r['split']:>10}" for r in results)]
-    for title, key in rows:
-        lines.append(f"{title:<32}" + "".join(_fmt(r.get(key)) for r in results))
-    for c in causes:
-        lines.append(
-            f"{'recall, cause ' + c:<32}"
-            + "".join(_fmt(r.get("recall_by_cause", {}).get(c)) for r in results)
-        )
-    lines.append(
-        f"{'FP rate on distractors':<32}"
-        + "".join(_fmt(r.get("distractor_fp_rate")) for r in results)
-    )
-    return "\n".join(lines)
-
-
-def _fmt(v: object) -> str:
-    if v is None:
-        return f"{'-':>10}"
-    if isinstance(v, float):
-        return f"{v:>10.3f}"
-    return f"{v!s:>10}"
-
-
 def split_dir(cfg: E2XConfig, split: str) -> Path:
-    """Where one split's stage tables live: ``<output_dir>/<split>/`` (never outside it)."""
-    return safe_join(cfg.output_dir, split)
+    """``cfg.split_layout(split).root``: ``<output_dir>/<split>/`` (never outside it).
+
+    Kept for the callers not yet on the layout (``report``); new code uses ``cfg.split_layout``."""
+    return cfg.split_layout(split).root
 
 
 def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
-    """Mine FP/FN candidates on ``split``; writes ``<output_dir>/<split>/candidates.parquet``."""
+    """Mine FP/FN candidates on ``split``; writes the split's candidates and predictions."""
     from .mining import run_mining_stage
 
-    out = split_dir(cfg, split)
+    out = cfg.split_layout(split).root
     with run_lock(cfg.output_dir):
         ds = open_split(cfg, split)
         return run_mining_stage(
@@ -148,13 +124,13 @@ def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -
     from . import fiftyone_io
 
     name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
-    d = split_dir(cfg, split)
+    layout = cfg.split_layout(split)
     with run_lock(cfg.output_dir):
         fiftyone_io.publish_mining(
             name,
             open_split(cfg, split),
-            pd.read_parquet(d / "candidates.parquet"),
-            pd.read_parquet(d / "predictions.parquet"),
+            pd.read_parquet(layout.require("candidates")),
+            pd.read_parquet(layout.require("predictions")),
             load_causes(cfg.data.root, split),
         )
     return name
@@ -180,14 +156,9 @@ def failures(candidates: pd.DataFrame, max_candidates: int | None = None) -> pd.
 
 
 def candidates_table(cfg: E2XConfig, split: str) -> Path:
-    """The split's mined candidates table; a clear error when mining has not run."""
-    table = split_dir(cfg, split) / "candidates.parquet"
-    if not table.is_file():
-        raise FileNotFoundError(
-            f"no candidates table at {table}; run 'e2x mine --split {split}' with the same "
-            "output_dir first"
-        )
-    return table
+    """The split's mined candidates table; :class:`~e2x_pipeline.layout.StageOutputMissing`
+    (naming ``e2x mine --split S``) when mining has not run."""
+    return cfg.split_layout(split).require("candidates")
 
 
 def explain_stage(
@@ -198,11 +169,12 @@ def explain_stage(
 
     from .explain.stage import explain_candidates
 
-    d = split_dir(cfg, split)
+    layout = cfg.split_layout(split)
     with run_lock(cfg.output_dir):
-        cands = failures(pd.read_parquet(candidates_table(cfg, split)), cfg.explain.max_candidates)
+        cands = failures(pd.read_parquet(layout.require("candidates")), cfg.explain.max_candidates)
+        ref = reference_image(cfg)
         return explain_candidates(
-            detector, cands, cfg.explain, d, reference_image(cfg), cfg.seed, progress=progress
+            detector, cands, cfg.explain, layout.root, ref, cfg.seed, progress=progress
         )
 
 
@@ -214,19 +186,19 @@ def overlay_stage(cfg: E2XConfig, split: str, method: str = "e2x", limit: int = 
     from .data.coco import load_image
     from .explain.overlay import render_overlay
 
-    d = split_dir(cfg, split)
-    table = pd.read_parquet(d / "explanations.parquet")
-    cands = pd.read_parquet(d / "candidates.parquet").set_index("candidate_id")
+    layout = cfg.split_layout(split)
+    table = pd.read_parquet(layout.require("explanations"))
+    cands = pd.read_parquet(layout.require("candidates")).set_index("candidate_id")
     rows = table[(table["method"] == method) & (table["output"] == "score") & table["valid"]]
     written = []
     with run_lock(cfg.output_dir):
         for _, r in rows.head(limit).iterrows():
             c = cands.loc[r["candidate_id"]]
-            with np.load(safe_join(d, r["map_file"]), allow_pickle=False) as maps:
+            with np.load(safe_join(layout.root, r["map_file"]), allow_pickle=False) as maps:
                 pixel_map = maps[r["map_key"]].astype(np.float32)
             image = load_image(c["image_path"])
             safe = r["candidate_id"].replace("/", "_")
-            out = safe_join(d, "overlays", f"{safe}-{method}.png")
+            out = safe_join(layout.overlays, f"{safe}-{method}.png")
             _side_by_side(image, render_overlay(image, pixel_map), c, out)
             written.append(out)
     return written
@@ -262,7 +234,7 @@ def cluster_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool
 
     return run_cluster_stage(
         detector,
-        split_dir(cfg, split),
+        cfg.split_layout(split).root,
         cfg.cluster,
         load_causes(cfg.data.root, split),
         cfg.seed,
@@ -271,16 +243,16 @@ def cluster_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool
 
 
 def repair_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool = True):
-    """Match the split's failure modes to the pool; writes ``<split>/repair_set.parquet``."""
+    """Match the split's failure modes to the pool; writes the split's repair set."""
     from .cluster import embedder_for
     from .repair import run_repair_stage
 
     pool = cfg.repair.pool_split
     return run_repair_stage(
         detector,
-        split_dir(cfg, split),
+        cfg.split_layout(split).root,
         open_split(cfg, pool),
-        split_dir(cfg, pool),
+        cfg.split_layout(pool).root,
         embedder_for(detector, cfg.cluster),
         cfg.explain,
         cfg.repair,
@@ -305,16 +277,15 @@ def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
 
     from . import fiftyone_io
 
-    d = split_dir(cfg, split)
+    layout = cfg.split_layout(split)
     name = fiftyone_names(cfg, split)["failures"]
-    features = d / "features.parquet"
-    modes = d / "failure_modes.parquet"
+    features, modes = layout.features, layout.failure_modes
     fiftyone_io.publish_failures(
         name,
         open_split(cfg, split),
-        pd.read_parquet(candidates_table(cfg, split)),
-        pd.read_parquet(d / "explanations.parquet"),
-        d,
+        pd.read_parquet(layout.require("candidates")),
+        pd.read_parquet(layout.require("explanations")),
+        layout.root,
         pd.read_parquet(features) if features.is_file() else None,
         pd.read_parquet(modes) if modes.is_file() else None,
     )
@@ -327,9 +298,7 @@ def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
 
     from . import fiftyone_io
 
-    table = split_dir(cfg, split) / "repair_set.parquet"
-    if not table.is_file():
-        raise FileNotFoundError(f"no repair set at {table}; run 'e2x repair' first")
+    table = cfg.split_layout(split).require("repair_set")
     name = fiftyone_names(cfg, split)["pool"]
     fiftyone_io.publish_repair(name, open_split(cfg, cfg.repair.pool_split), pd.read_parquet(table))
     return name
@@ -351,9 +320,8 @@ def pool_labels(cfg: E2XConfig) -> CocoDataset | None:
 def export_stage(cfg: E2XConfig, split: str, name: str = "repair-set") -> tuple[Path, int]:
     """Export the ``e2x-repair`` view as COCO under ``<output_dir>/export/<name>``."""
     from . import fiftyone_io
-    from .io_utils import safe_join
 
-    out = safe_join(cfg.output_dir / "export", name)
+    out = cfg.layout.export(name)
     n = fiftyone_io.export_repair(fiftyone_names(cfg, split)["pool"], out, pool_labels(cfg))
     return out, n
 
@@ -364,68 +332,36 @@ def retrain_stage(
     """Label the split's repair set, retrain, evaluate before/after; writes ``retrain.json``.
 
     The retrained checkpoint is cached under ``<output_dir>/checkpoints`` by the parent
-    checkpoint, the repair set and the retrain settings. Before/after: mAP@0.5, recall per
-    planted cause and the distractor FP rate on ``retrain.eval_split``, and the share of each
-    failure mode's member failures the new detector closes on ``split``.
+    checkpoint, the repair set and the retrain settings (:func:`e2x_pipeline.retrain.retrain_key`).
+    Before/after: mAP@0.5, recall per planted cause and the distractor FP rate on
+    ``retrain.eval_split``, and the share of each failure mode's member failures the new detector
+    closes on ``split``.
     """
-    import hashlib
-
     import pandas as pd
 
-    from .detectors import load_checkpoint
-    from .io_utils import file_hash
-    from .retrain import (
-        closure_by_mode,
-        repair_set_id,
-        retrain_detector,
-        reveal_labels,
-        save_retrained,
-    )
+    from .retrain import closure_table, retrained_detector, reveal_labels
 
-    d = split_dir(cfg, split)
-    table = d / "repair_set.parquet"
-    if not table.is_file():
-        raise FileNotFoundError(f"no repair set at {table}; run 'e2x repair' first")
+    layout = cfg.split_layout(split)
+    table = layout.require("repair_set")
     labels = pool_labels(cfg)
     if labels is None:
         raise FileNotFoundError(
             "no labels for the pool: label the exported repair set ('e2x export') and set "
             "repair.pool_labels to its labels.json"
         )
-    repair = pd.read_parquet(table)
-    added = reveal_labels(labels, repair["file_name"].tolist())
-    key_src = {
-        "parent": file_hash(checkpoint),
-        "repair_set": repair_set_id(repair["file_name"].tolist()),
-        "retrain": cfg.retrain.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude={"num_threads"}),
-        "seed": cfg.seed,
-    }
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
-    path = checkpoint_dir(cfg) / f"retrained-{key}.pt"
+    added = reveal_labels(labels, pd.read_parquet(table)["file_name"].tolist())
     base = detector_for(cfg, checkpoint)
-    if path.is_file() and not force:
-        after, meta = detector_for(cfg, path), load_checkpoint(path)[1]
-    else:
-        after, log = retrain_detector(
-            base, open_split(cfg, "train"), added, cfg.retrain, cfg.train, cfg.seed, progress
-        )
-        meta = save_retrained(
-            path, after, checkpoint, added, log, open_split(cfg, "train"), cfg.retrain
-        )
+    train = open_split(cfg, "train")
+    after, path, meta = retrained_detector(cfg, base, checkpoint, train, added, progress, force)
     ev_split = cfg.retrain.eval_split
     before_eval = evaluate_stage(cfg, base, ev_split, progress, record=False)
     after_eval = evaluate_stage(cfg, after, ev_split, progress, record=False)
     closure = []
-    feats = d / "features.parquet"
-    if feats.is_file():
-        cands = pd.read_parquet(candidates_table(cfg, split))
-        features = pd.read_parquet(feats, columns=["mode_id", "candidate_id"])
-        ds = open_split(cfg, split)
-        b = closure_by_mode(base, ds, cands, features, cfg.mining.operating_threshold)
-        a = closure_by_mode(after, ds, cands, features, cfg.mining.operating_threshold)
-        merged = b.merge(a, on=["mode_id", "failures"], suffixes=("_before", "_after"))
-        closure = merged.to_dict("records")
+    if layout.features.is_file():
+        cands = pd.read_parquet(layout.require("candidates"))
+        features = pd.read_parquet(layout.features, columns=["mode_id", "candidate_id"])
+        thr = cfg.mining.operating_threshold
+        closure = closure_table(base, after, open_split(cfg, split), cands, features, thr)
     result = {
         "checkpoint": str(path),
         "parent": str(checkpoint),
@@ -437,32 +373,8 @@ def retrain_stage(
         "closure_by_mode": closure,
         "meta": meta,
     }
-    write_json(cfg.output_dir / "retrain.json", result)
+    write_json(cfg.layout.retrain_summary, result)
     return result
-
-
-def format_retrain(result: dict) -> str:
-    """Before/after as plain text: the headline metrics, then the failure modes."""
-    b, a = result["before"], result["after"]
-    lines = [
-        f"retrained on train + {result['added_images']} repair-set images "
-        f"-> {result['checkpoint']}",
-        f"{'metric (' + result['eval_split'] + ')':<32}{'before':>10}{'after':>10}",
-    ]
-    rows = [("mAP@0.5", b.get("map50"), a.get("map50"))]
-    rows += [("recall, clean objects", b.get("recall_clean"), a.get("recall_clean"))]
-    for c in sorted(b.get("recall_by_cause", {})):
-        rows.append((f"recall, cause {c}", b["recall_by_cause"][c], a["recall_by_cause"].get(c)))
-    if "distractor_fp_rate" in b:
-        rows.append(("FP rate on distractors", b["distractor_fp_rate"], a["distractor_fp_rate"]))
-    for name, x, y in rows:
-        lines.append(f"{name:<32}{_fmt(x)}{_fmt(y)}")
-    for m in result["closure_by_mode"]:
-        lines.append(
-            f"{'failure mode ' + str(m['mode_id']) + ' closed':<32}"
-            f"{m['closed_before']:>6}/{m['failures']:<3}{m['closed_after']:>6}/{m['failures']:<3}"
-        )
-    return "\n".join(lines)
 
 
 def explain_summary(table: pd.DataFrame, overlays: list[Path]) -> dict:

@@ -28,5 +28,7 @@ def outcome_sign(outcome: str) -> int:
 def failing_sign(outcome: str) -> int:
     """:func:`outcome_sign` for failures only; a TP has no failing features."""
     if outcome not in FAILURES:
-        raise ValueError(f"only fp and fn candidates have failing features, got outcome {outcome!r}")
+        raise ValueError(
+            f"only fp and fn candidates have failing features, got outcome {outcome!r}"
+        )
     return outcome_sign(outcome)

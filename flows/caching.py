@@ -34,12 +34,12 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "repair": ("model", "mining", "explain", "cluster", "repair"),
     "retrain": ("model", "train", "mining", "explain", "cluster", "repair", "retrain"),
 }
-# The files a stage leaves in <output_dir>/<split>/ (evaluate: in <output_dir>/).
+# The tables a stage leaves in its split's layout (evaluate and retrain: in the run's layout).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "mine": ("candidates.parquet", "predictions.parquet", "metrics.json"),
-    "explain": ("explanations.parquet",),
-    "cluster": ("features.parquet", "failure_modes.parquet", "cluster.json"),
-    "repair": ("repair_set.parquet", "repair.json"),
+    "mine": ("candidates", "predictions", "mining_metrics"),
+    "explain": ("explanations",),
+    "cluster": ("features", "failure_modes", "cluster_summary"),
+    "repair": ("repair_set", "repair_summary"),
 }
 
 _memo: dict[tuple, str] = {}
@@ -113,13 +113,11 @@ def cache_key_for(stage: str):
 
 def refresh_needed(stage: str, cfg: E2XConfig, split: str) -> bool:
     """True when a stage's output files are missing, so a cached result must not be trusted."""
-    from e2x_pipeline.stages import split_dir
-
     if stage == "evaluate":
-        return not (Path(cfg.output_dir) / f"evaluation-{split}.json").is_file()
+        return not cfg.layout.evaluation(split).is_file()
     if stage == "retrain":
-        return not (Path(cfg.output_dir) / "retrain.json").is_file()
+        return not cfg.layout.retrain_summary.is_file()
     if stage == "train":
         return False  # train_stage keeps its own checkpoint cache and checks the file
-    d = split_dir(cfg, split)
-    return not all((d / f).exists() for f in STAGE_OUTPUTS.get(stage, ()))
+    layout = cfg.split_layout(split)
+    return not all(getattr(layout, name).exists() for name in STAGE_OUTPUTS.get(stage, ()))

@@ -76,15 +76,13 @@ def explain_chunk_task(
     cfg = E2XConfig.model_validate(config)
     device = str(resolve_device(cfg.device))
     det = _detector(cfg.model.model_dump_json(), checkpoint, _stamp(checkpoint), device)
-    cands = stages.failures(
-        pd.read_parquet(stages.candidates_table(cfg, split)), cfg.explain.max_candidates
-    )
+    layout = cfg.split_layout(split)
+    cands = pd.read_parquet(layout.require("candidates"))
+    cands = stages.failures(cands, cfg.explain.max_candidates)
     if base_dir:  # a worker may run in another folder (or on another host)
         cands = cands.assign(image_path=[str(Path(base_dir, p)) for p in cands["image_path"]])
     ref = torch.as_tensor(reference) if reference is not None else None
-    table = explain_chunk(
-        det, cands, cfg.explain, stages.split_dir(cfg, split), image_ids, ref, cfg.seed
-    )
+    table = explain_chunk(det, cands, cfg.explain, layout.root, image_ids, ref, cfg.seed)
     return {
         "images": len(image_ids),
         "rows": int(len(table)),
@@ -126,12 +124,13 @@ def explain_in_chunks(
     # absolute paths for the workers, which may run in another folder
     cfg = cfg.model_copy(update={"output_dir": Path(cfg.output_dir).resolve()})
     checkpoint = Path(checkpoint).resolve()
-    d = stages.split_dir(cfg, split)
+    layout = cfg.split_layout(split)
+    d = layout.root
     config = cfg.model_dump(mode="json")
     with run_lock(cfg.output_dir):
         merge_parts(d)  # a killed run's parts first, so that the chunks skip their rows
         cands = stages.failures(
-            pd.read_parquet(stages.candidates_table(cfg, split)), cfg.explain.max_candidates
+            pd.read_parquet(layout.require("candidates")), cfg.explain.max_candidates
         )
         slots = _worker_slots()  # starts a LocalCluster now, so wall_seconds leaves it out
         plan = plan_chunks(cands, chunks or CHUNKS_PER_SLOT * slots)
@@ -175,11 +174,11 @@ def dask_explain_flow(
     torch_threads: int | None = 1,
 ) -> dict:
     """Explain the split's failures in chunks on the flow's task runner (Dask) and merge."""
-    from .pipeline import trained_checkpoint
+    from e2x_pipeline import stages
 
     cfg = E2XConfig.model_validate(config)
     split = split or cfg.data.eval_split
-    ckpt = checkpoint or trained_checkpoint(cfg, progress)[0]
+    ckpt = checkpoint or stages.resolve_checkpoint(cfg, progress)
     return explain_in_chunks(cfg, ckpt, split, chunks, gpus_per_task, torch_threads)
 
 

@@ -2,7 +2,9 @@
 
 Compute tasks are cached on content hashes (:mod:`flows.caching`); they never retry, because a
 failure there is bad data or a bug, and retrying would only repeat it. The publish tasks write to
-FiftyOne's database, whose connection can drop: only they retry.
+FiftyOne's database, whose connection can drop: only they retry. :func:`run_cached` runs a
+stage task (refreshing its cache when the stage's tables are gone) and :func:`trained_checkpoint`
+resolves the checkpoint through the cached train task; every flow uses both.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefect import task
 from e2x_pipeline import stages
 from e2x_pipeline.config import E2XConfig
 
-from .caching import cache_key_for
+from .caching import cache_key_for, refresh_needed
 
 
 @task(name="make-benchmark")
@@ -86,3 +88,24 @@ def report_task(cfg: E2XConfig, split: str, reports_dir: str, run_id: str, fifty
     from e2x_pipeline.report import build_report
 
     return str(build_report(cfg, split, reports_dir, run_id, fiftyone=fiftyone))
+
+
+def run_cached(task, stage: str, cfg: E2XConfig, split: str, *args, **kwargs):
+    """Call ``task``; its cache is refreshed when the stage's output files are missing."""
+    return task.with_options(refresh_cache=refresh_needed(stage, cfg, split))(*args, **kwargs)
+
+
+def trained_checkpoint(cfg: E2XConfig, progress: bool) -> tuple[Path, dict]:
+    """``model.checkpoint`` when configured, else the (cached) trained one: the flows' form of
+    :func:`e2x_pipeline.stages.resolve_checkpoint`, with training as a Prefect task."""
+    if cfg.model.checkpoint is not None:
+        return Path(cfg.model.checkpoint), {"train_seconds": None}
+    ckpt, meta = train_task(cfg, progress)
+    if not Path(ckpt).is_file():  # the cached result names a deleted checkpoint
+        ckpt, meta = train_task.with_options(refresh_cache=True)(cfg, progress)
+    return ckpt, meta
+
+
+def default_eval_splits(cfg: E2XConfig) -> list[str]:
+    """The splits the flows evaluate: val and test, where their annotation files exist."""
+    return [s for s in ("val", "test") if Path(cfg.data.split(s).annotations).is_file()]

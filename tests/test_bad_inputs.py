@@ -997,7 +997,7 @@ def test_sigkill_during_mining_then_rerun_equals_an_uninterrupted_run(
     old_bytes = (out / "val/predictions.parquet").read_bytes()
     code = (
         "import io, sys, time, pathlib\n"
-        "import e2x_pipeline.mining as m\n"
+        "import e2x_pipeline.mining.stage as m\n"
         "from e2x_pipeline.io_utils import atomic_write\n"
         "from e2x_cli.main import main\n"
         "orig = m.write_table\n"

@@ -53,7 +53,7 @@ def _explained(mined_run):
     from e2x_pipeline import stages
 
     cfg, det = mined_run
-    if not (stages.split_dir(cfg, "val") / "explanations.parquet").is_file():
+    if not (cfg.split_layout("val").root / "explanations.parquet").is_file():
         stages.explain_stage(cfg, det, "val", progress=False)
         stages.overlay_stage(cfg, "val")
     return cfg
@@ -155,8 +155,6 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 def test_explain_killed_with_sigkill_resumes_to_the_same_table(mined_run, tmp_path):
     """A real ``e2x explain`` process is killed (SIGKILL) after some images; the rerun redoes
     only the unfinished images and the table equals an uninterrupted run's, without duplicates."""
-    from e2x_pipeline import stages
-
     cfg = _explained(mined_run)  # the uninterrupted run (in-process)
     reference = _sorted(pd.read_parquet(cfg.output_dir / "val" / "explanations.parquet"))
     n_images = reference["image_id"].nunique()
@@ -165,7 +163,7 @@ def test_explain_killed_with_sigkill_resumes_to_the_same_table(mined_run, tmp_pa
     out = tmp_path / "killed"
     (out / "val").mkdir(parents=True)
     for name in ("candidates.parquet", "predictions.parquet", "metrics.json"):
-        shutil.copy(stages.split_dir(cfg, "val") / name, out / "val" / name)
+        shutil.copy(cfg.split_layout("val").root / name, out / "val" / name)
     overrides = _overrides(cfg.data.root, out)
     env = {**os.environ, "E2X_EXPLAIN_FLUSH_SECONDS": "0", "OMP_NUM_THREADS": "1"}
     table = out / "val" / "explanations.parquet"

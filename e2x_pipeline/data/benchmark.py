@@ -40,6 +40,24 @@ CAUSES = ("occluder", "camouflage", "distractor")
 SPLITS = ("train", "val", "test", "pool")
 TEXTURES = ("noise", "stripes", "checker", "blobs")
 
+# The benchmark's files under its root (dataset inputs, not run tables: see ``layout.py``).
+IMAGES_DIR = "images"
+"""``images/<split>/<split>_NNNNN.png``."""
+ANNOTATIONS_DIR = "annotations"
+"""``annotations/<split>.json`` (COCO); for the pool, images only plus the hidden labels."""
+POOL_LABELS_FILE = "pool_labels.json"
+"""The pool's hidden labels, in :data:`ANNOTATIONS_DIR`."""
+CAUSES_FILE = "causes.json"
+"""One record per planted cause of every split."""
+SUMMARY_FILE = "benchmark.json"
+"""What :func:`make_benchmark` returns: seed, image size, generator version, counts per split."""
+
+
+def split_annotations_file(split: str) -> str:
+    """The COCO file name of a split in :data:`ANNOTATIONS_DIR`."""
+    return f"{split}.json"
+
+
 _BASE_COLOURS = {
     "disk": np.array([0.86, 0.30, 0.20]),
     "square": np.array([0.20, 0.35, 0.86]),
@@ -277,80 +295,112 @@ def make_benchmark(
     categories = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]
     cat_id = {c["name"]: c["id"] for c in categories}
     all_causes: list[dict] = []
-    summary: dict = {"seed": seed, "image_size": image_size, "version": GENERATOR_VERSION,
-                     "splits": {}}
+    summary: dict = {
+        "seed": seed,
+        "image_size": image_size,
+        "version": GENERATOR_VERSION,
+        "splits": {},
+    }
     for split_i, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_i])
-        img_dir = out / "images" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        counts = {c: 0 for c in CAUSES}
-        for i in range(sizes[split]):
-            image_id = i + 1
-            scene = _make_scene(rng, image_size, split)
-            name = f"{split}_{image_id:05d}.png"
-            pixels = (scene.image * 255).round().astype(np.uint8)
-            with atomic_write(img_dir / name) as fh:
-                Image.fromarray(pixels).save(fh, format="PNG")
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": name,
-                    "width": image_size,
-                    "height": image_size,
-                    "texture": scene.texture,
-                }
-            )
-            for ann in scene.annotations:
-                ann["id"] = len(annotations) + 1
-                annotations.append(
-                    {
-                        "id": ann["id"],
-                        "image_id": image_id,
-                        "category_id": cat_id[ann["category"]],
-                        "bbox": ann["bbox"],
-                        "area": ann["area"],
-                        "iscrowd": 0,
-                        "cause": ann["cause"],
-                    }
-                )
-            for k, c in enumerate(scene.causes):
-                counts[c["cause"]] += 1
-                ann_id = c["annotation"]["id"] if c.get("annotation") else None
-                all_causes.append(
-                    {
-                        "split": split,
-                        "image_id": image_id,
-                        "annotation_id": ann_id,
-                        "cause_id": f"{split}/{image_id}/{k}",
-                        "cause": c["cause"],
-                        "region_bbox": c["region_bbox"],
-                    }
-                )
+        images, annotations, causes, counts = _make_split(
+            out, rng, split, sizes[split], image_size, cat_id
+        )
+        all_causes.extend(causes)
         coco = {
             "info": {"description": f"E2X planted-failure benchmark, split {split}", "seed": seed},
             "images": images,
             "annotations": annotations,
             "categories": categories,
         }
-        if split == "pool":
-            write_json(out / "annotations" / "pool_labels.json", coco)
-            write_json(out / "annotations" / "pool.json", {**coco, "annotations": []})
-        else:
-            write_json(out / "annotations" / f"{split}.json", coco)
+        _write_split(out, split, coco)
         summary["splits"][split] = {
             "images": len(images),
             "objects": len(annotations),
             "causes": counts,
         }
-    write_json(out / "causes.json", all_causes)
-    write_json(out / "benchmark.json", summary)
+    write_json(out / CAUSES_FILE, all_causes)
+    write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _make_split(
+    out: Path,
+    rng: np.random.Generator,
+    split: str,
+    n_images: int,
+    image_size: int,
+    cat_id: dict[str, int],
+) -> tuple[list[dict], list[dict], list[dict], dict[str, int]]:
+    """Draw and write one split's images. Returns its COCO image and annotation records, its
+    cause records and the count of each cause."""
+    img_dir = out / IMAGES_DIR / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images: list[dict] = []
+    annotations: list[dict] = []
+    causes: list[dict] = []
+    counts = {c: 0 for c in CAUSES}
+    for i in range(n_images):
+        image_id = i + 1
+        scene = _make_scene(rng, image_size, split)
+        images.append(_write_image(img_dir, split, image_id, scene, image_size))
+        for ann in scene.annotations:
+            ann["id"] = len(annotations) + 1
+            annotations.append(
+                {
+                    "id": ann["id"],
+                    "image_id": image_id,
+                    "category_id": cat_id[ann["category"]],
+                    "bbox": ann["bbox"],
+                    "area": ann["area"],
+                    "iscrowd": 0,
+                    "cause": ann["cause"],
+                }
+            )
+        for k, c in enumerate(scene.causes):
+            counts[c["cause"]] += 1
+            causes.append(
+                {
+                    "split": split,
+                    "image_id": image_id,
+                    "annotation_id": c["annotation"]["id"] if c.get("annotation") else None,
+                    "cause_id": f"{split}/{image_id}/{k}",
+                    "cause": c["cause"],
+                    "region_bbox": c["region_bbox"],
+                }
+            )
+    return images, annotations, causes, counts
+
+
+def _write_image(img_dir: Path, split: str, image_id: int, scene: _Scene, size: int) -> dict:
+    """Write the scene as ``<split>_NNNNN.png``; returns its COCO image record."""
+    name = f"{split}_{image_id:05d}.png"
+    pixels = (scene.image * 255).round().astype(np.uint8)
+    with atomic_write(img_dir / name) as fh:
+        Image.fromarray(pixels).save(fh, format="PNG")
+    return {
+        "id": image_id,
+        "file_name": name,
+        "width": size,
+        "height": size,
+        "texture": scene.texture,
+    }
+
+
+def _write_split(out: Path, split: str, coco: dict) -> None:
+    """The split's COCO file; the pool's labels go to a separate file and its COCO file lists
+    the images only."""
+    ann_dir = out / ANNOTATIONS_DIR
+    if split == "pool":
+        write_json(ann_dir / POOL_LABELS_FILE, coco)
+        write_json(ann_dir / split_annotations_file(split), {**coco, "annotations": []})
+    else:
+        write_json(ann_dir / split_annotations_file(split), coco)
 
 
 def load_causes(root: str | Path, split: str | None = None) -> list[dict]:
     """The planted causes (all, or one split's); empty when the dataset is not the benchmark."""
-    path = Path(root) / "causes.json"
+    path = Path(root) / CAUSES_FILE
     if not path.is_file():
         return []
     records = json.loads(path.read_text())

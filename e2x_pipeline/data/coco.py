@@ -117,6 +117,18 @@ def load_coco(
     if on_bad_record not in ("error", "skip"):
         raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
     path = Path(annotations)
+    raw = _read_coco_json(path)
+    categories = _categories(path, raw["categories"])
+    images = _images(path, raw["images"])
+    by_image, rejected = _annotations(
+        path, raw["annotations"], images, categories, on_bad_record, Path(image_dir)
+    )
+    extra = {k: v for k, v in raw.items() if k not in ("images", "annotations", "categories")}
+    return CocoDataset(path, Path(image_dir), images, by_image, categories, extra, rejected)
+
+
+def _read_coco_json(path: Path) -> dict:
+    """The file's top-level object, with ``images``, ``annotations`` and ``categories`` lists."""
     if not path.is_file():
         raise DatasetError(f"annotation file {path} does not exist; check data paths in the config")
     try:
@@ -134,9 +146,13 @@ def load_coco(
             raise DatasetError(f"{path}: missing the '{key}' key; a COCO detection file needs it")
         if not isinstance(raw[key], list):
             raise DatasetError(f"{path}: '{key}' must be a list")
+    return raw
 
+
+def _categories(path: Path, records: list) -> dict[int, str]:
+    """Category id -> name; a bad or duplicate category record is an error."""
     categories: dict[int, str] = {}
-    for c in raw["categories"]:
+    for c in records:
         if not isinstance(c, dict) or not _is_id(c.get("id")) or not isinstance(c.get("name"), str):
             raise DatasetError(
                 f"{path}: category {c!r:.80} needs an integer 'id' and a string 'name'; fix it"
@@ -144,9 +160,14 @@ def load_coco(
         if c["id"] in categories:
             raise DatasetError(f"{path}: duplicate category id {c['id']}; category ids must differ")
         categories[c["id"]] = c["name"]
+    return categories
 
+
+def _images(path: Path, records: list) -> dict[int, dict]:
+    """Image id -> record; a record without an integer id and a file name, or a duplicate id, is
+    an error."""
     images: dict[int, dict] = {}
-    for im in raw["images"]:
+    for im in records:
         if (
             not isinstance(im, dict)
             or not _is_id(im.get("id"))
@@ -162,14 +183,24 @@ def load_coco(
                 f"{im['file_name']}); image ids must differ"
             )
         images[im["id"]] = im
+    return images
 
-    ids = Counter(
-        a["id"] for a in raw["annotations"] if isinstance(a, dict) and _is_id(a.get("id"))
-    )
+
+def _annotations(
+    path: Path,
+    records: list,
+    images: dict[int, dict],
+    categories: dict[int, str],
+    on_bad_record: str,
+    image_dir: Path,
+) -> tuple[dict[int, list[dict]], list[dict]]:
+    """Annotations grouped by image, and the rejected rows. A bad annotation is an error, or
+    with ``on_bad_record="skip"`` a rejected row; its image is then removed from ``images``."""
+    ids = Counter(a["id"] for a in records if isinstance(a, dict) and _is_id(a.get("id")))
     by_image: dict[int, list[dict]] = {i: [] for i in images}
     rejected: list[dict] = []
     bad_images: set[int] = set()
-    for a in raw["annotations"]:
+    for a in records:
         problem = _annotation_problem(a, images, categories, ids)
         if problem is None:
             by_image[a["image_id"]].append(a)
@@ -184,20 +215,24 @@ def load_coco(
         im = images.get(image_id) if _is_id(image_id) else None
         if im is not None:
             bad_images.add(image_id)
-        rejected.append(
-            {
-                "record": "annotation",
-                "image_id": image_id if _is_id(image_id) else -1,
-                "annotation_id": aid if _is_id(aid) else -1,
-                "file_name": im["file_name"] if im else "",
-                "path": str(Path(image_dir) / im["file_name"]) if im else "",
-                "error": msg,
-            }
-        )
+        rejected.append(_rejected_row(image_id, aid, im, image_dir, msg))
     for image_id in bad_images:
         del images[image_id], by_image[image_id]
-    extra = {k: v for k, v in raw.items() if k not in ("images", "annotations", "categories")}
-    return CocoDataset(path, Path(image_dir), images, by_image, categories, extra, rejected)
+    return by_image, rejected
+
+
+def _rejected_row(
+    image_id: object, aid: object, im: dict | None, image_dir: Path, msg: str
+) -> dict:
+    """A row of the mining ``rejected`` table for a skipped annotation."""
+    return {
+        "record": "annotation",
+        "image_id": image_id if _is_id(image_id) else -1,
+        "annotation_id": aid if _is_id(aid) else -1,
+        "file_name": im["file_name"] if im else "",
+        "path": str(image_dir / im["file_name"]) if im else "",
+        "error": msg,
+    }
 
 
 def load_image(path: str | Path) -> torch.Tensor:

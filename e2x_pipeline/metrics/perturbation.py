@@ -118,6 +118,54 @@ def _class_vectors(
     return vectors
 
 
+def _pixel_ranks(m: Tensor, h: int, w: int) -> Tensor:
+    """``[T, H, W]``: the position of each pixel in its map's decreasing order (0 = most
+    positive attribution); equal values in raster order (stable sort)."""
+    order = torch.argsort(-m, dim=1, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(h * w, device=m.device).expand_as(order))
+    return rank.view(len(m), h, w)
+
+
+def _perturbed_scores(
+    detector: Detector,
+    image: Tensor,
+    rank: Tensor,
+    n_changed: Tensor,
+    bases: tuple[Tensor, Tensor],
+    goal: tuple[Tensor, Tensor, Tensor],
+    batch_size: int,
+) -> Tensor:
+    """``[2, T, S+1]`` similarity after each step of deletion (0) and insertion (1).
+
+    ``bases`` are the deletion and insertion baselines; ``goal`` each target's clean box,
+    label and class vector. All 2 * T * (S+1) perturbed images go through the dense view in
+    batches of ``batch_size``.
+    """
+    base_del, base_ins = bases
+    tboxes, labels, vectors = goal
+    n_targets, n_steps = rank.shape[0], n_changed.shape[0]
+    per_mode = n_targets * n_steps
+    total = 2 * per_mode  # index i = mode * per_mode + t * (steps + 1) + s
+    scores = torch.empty(total, device=image.device)
+    with torch.no_grad():
+        for i0 in range(0, total, batch_size):
+            idx = torch.arange(i0, min(total, i0 + batch_size), device=image.device)
+            mode, rest = idx // per_mode, idx % per_mode
+            t_idx, s_idx = rest // n_steps, rest % n_steps
+            changed = (rank[t_idx] < n_changed[s_idx].view(-1, 1, 1)).unsqueeze(1)
+            deleting = (mode == 0).view(-1, 1, 1, 1)
+            first = torch.where(deleting, base_del, image)  # pixels changed -> this
+            other = torch.where(deleting, image, base_ins)  # pixels not changed -> this
+            batch = torch.where(changed, first, other)
+            dense = detector.dense(batch)
+            sim = max_similarity(
+                dense, tboxes[t_idx], labels[t_idx], vectors[t_idx], detector.has_objectness
+            )
+            scores[idx] = torch.where(torch.isfinite(sim), sim, torch.full_like(sim, np.nan))
+    return scores.view(2, n_targets, n_steps)
+
+
 def deletion_insertion(
     detector: Detector,
     image: Tensor,
@@ -153,35 +201,17 @@ def deletion_insertion(
     valid = [i for i in range(len(targets)) if bool(torch.isfinite(m[i]).all())]
     if not valid:
         return PerturbationCurves(fractions, out[0], out[1], 0)
-    # rank[t, p]: position of pixel p in target t's order (0 = most positive attribution)
-    order = torch.argsort(-m[valid], dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w, device=dev).expand_as(order))
-    rank = rank.view(len(valid), h, w)
-    base_del, _ = make_reference(image, deletion_baseline, mean)
-    base_ins, _ = make_reference(image, insertion_baseline, mean)
+    rank = _pixel_ranks(m[valid], h, w)
+    bases = (
+        make_reference(image, deletion_baseline, mean)[0],
+        make_reference(image, insertion_baseline, mean)[0],
+    )
     vt = [targets[i] for i in valid]
-    vectors = _class_vectors(detector, image, vt, class_vector)
-    tboxes = torch.as_tensor([t.box for t in vt], dtype=torch.float32, device=dev)
-    labels = torch.as_tensor([t.label for t in vt], device=dev)
-    per_mode = len(vt) * (steps + 1)
-    total = 2 * per_mode  # index i = mode * per_mode + t * (steps + 1) + s
-    scores = torch.empty(total, device=dev)
-    with torch.no_grad():
-        for i0 in range(0, total, batch_size):
-            idx = torch.arange(i0, min(total, i0 + batch_size), device=dev)
-            mode, rest = idx // per_mode, idx % per_mode
-            t_idx, s_idx = rest // (steps + 1), rest % (steps + 1)
-            changed = (rank[t_idx] < n_changed[s_idx].view(-1, 1, 1)).unsqueeze(1)
-            deleting = (mode == 0).view(-1, 1, 1, 1)
-            first = torch.where(deleting, base_del, image)  # pixels changed -> this
-            other = torch.where(deleting, image, base_ins)  # pixels not changed -> this
-            batch = torch.where(changed, first, other)
-            dense = detector.dense(batch)
-            sim = max_similarity(
-                dense, tboxes[t_idx], labels[t_idx], vectors[t_idx], detector.has_objectness
-            )
-            scores[idx] = torch.where(torch.isfinite(sim), sim, torch.full_like(sim, np.nan))
-    curves = scores.view(2, len(vt), steps + 1).cpu().double().numpy()
-    out[:, valid] = curves
-    return PerturbationCurves(fractions, out[0], out[1], total)
+    goal = (
+        torch.as_tensor([t.box for t in vt], dtype=torch.float32, device=dev),
+        torch.as_tensor([t.label for t in vt], device=dev),
+        _class_vectors(detector, image, vt, class_vector),
+    )
+    scores = _perturbed_scores(detector, image, rank, n_changed, bases, goal, batch_size)
+    out[:, valid] = scores.cpu().double().numpy()
+    return PerturbationCurves(fractions, out[0], out[1], 2 * len(vt) * (steps + 1))

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..mining import xywh_to_xyxy
+from ..boxes import xywh_to_xyxy
+from ..vocab import outcome_sign
 
 Box = tuple[float, float, float, float]
 
@@ -42,9 +43,8 @@ class Region:
     source: str  # "cause", "gt" or "candidate"
 
 
-def pointing_sign(outcome: str) -> int:
-    """-1 for a false negative (look for suppressing evidence), +1 otherwise."""
-    return -1 if outcome == "fn" else 1
+# -1 for a false negative (look for suppressing evidence), +1 otherwise: the outcome's sign
+pointing_sign = outcome_sign
 
 
 def _finite(row: Mapping[str, Any], keys: Iterable[str]) -> bool:

@@ -1,14 +1,15 @@
 """``e2x evaluate-explanations``: the fidelity metrics of a run's explanations, as tables.
 
-Reads what ``e2x explain`` wrote under ``<output_dir>/<split>/`` (``explanations.parquet``,
-``maps/<image_id>.npz``) and what ``e2x mine`` wrote (``candidates.parquet``), and writes
+Reads what ``e2x explain`` wrote into the split's folder (:class:`~e2x_pipeline.layout.SplitLayout`
+``explanations`` and the pixel maps under ``maps/``) and what ``e2x mine`` wrote
+(``candidates``), and writes
 
-* ``explanation_metrics.parquet``: one row per candidate x method (the class-score map; when a
+* ``explanation_metrics``: one row per candidate x method (the class-score map; when a
   method was run with several settings, the most recently written one), with the columns of
   :data:`METRIC_COLUMNS` plus ``rho_vs_<method>`` for every other method in the table;
-* ``explanation_metrics.json``: their means per method, overall and per outcome,
+* ``explanation_summary``: their means per method, overall and per outcome,
 
-both atomically. Per row:
+both atomically. Per row (:mod:`.rows`, shared with ``e2x bench explain``):
 
 * ``pointing_hit`` / ``energy`` against the candidate's region (:func:`.pointing.candidate_region`:
   the planted cause's region on the benchmark, the GT box on any other dataset, the candidate's box
@@ -16,11 +17,14 @@ both atomically. Per row:
 * ``deletion_auc`` / ``insertion_auc`` (:mod:`.perturbation`, through the run's detector);
 * ``rho_vs_<m>``: Pearson's rho with method m's map of the same candidate;
 * with ``metrics.sanity``: ``sanity_rho`` against the map of a fully randomised detector, for rows
-  whose settings equal the current ``explain`` config (others get NaN and a reason).
+  whose settings equal the current ``explain`` config (others get NaN and a reason). Rows without
+  a candidate (uncovered FNs) are re-explained only by methods that do not need one
+  (``needs_candidate = False``, D-RISE).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +37,12 @@ from ..config import E2XConfig, ExplainConfig, MetricsConfig
 from ..data.coco import load_image
 from ..detectors.base import Detector, Target
 from ..explain.base import params_hash
-from ..explain.registry import get_explainer
+from ..explain.registry import explainer_class, get_explainer
 from ..io_utils import safe_join, write_json, write_table
+from ..layout import SplitLayout
+from ..vocab import FAILURES
 from .correlation import pearson_rho
-from .perturbation import deletion_insertion
-from .pointing import box_mask, candidate_region, energy_in_region, pointing_hit, pointing_sign
+from .rows import perturbation_aucs, row_metrics
 from .sanity import fully_randomized, map_similarity
 
 METRIC_COLUMNS = (
@@ -60,8 +65,9 @@ METRIC_COLUMNS = (
     "valid",
     "reason",
 )
-TABLE = "explanation_metrics.parquet"
-SUMMARY = "explanation_metrics.json"
+# the file names, from the run layout (the CLI prints them)
+TABLE = SplitLayout.explanation_metrics.file_name
+SUMMARY = SplitLayout.explanation_summary.file_name
 
 
 def _latest_score_rows(explanations: pd.DataFrame) -> pd.DataFrame:
@@ -69,9 +75,111 @@ def _latest_score_rows(explanations: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates(["candidate_id", "method"], keep="last")
 
 
-def _target(c: pd.Series) -> Target:
-    box = (float(c["box_x1"]), float(c["box_y1"]), float(c["box_x2"]), float(c["box_y2"]))
-    return Target(int(c["anchor"]), int(c["label"]), box)
+@dataclass
+class _Image:
+    """One image's explained rows, its stored maps and the records being filled."""
+
+    image_id: int
+    image: torch.Tensor
+    group: pd.DataFrame  # its rows of the explanations table
+    maps: dict[str, np.ndarray]  # "<candidate_id>|<method>" -> [H, W] pixel map
+    segments: dict[str, np.ndarray]  # segments_key -> [H, W] SLIC labels
+    recs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+
+def _load_image(run_dir: Path, image_id: int, group: pd.DataFrame, cands: pd.DataFrame) -> _Image:
+    """The image and the pixel maps / segmentations its rows point to in ``maps/*.npz``."""
+    maps: dict[str, np.ndarray] = {}
+    segments: dict[str, np.ndarray] = {}
+    for map_file, g in group.groupby("map_file", dropna=True):
+        with np.load(safe_join(run_dir, str(map_file)), allow_pickle=False) as z:
+            for r in g.itertuples():
+                maps[f"{r.candidate_id}|{r.method}"] = z[r.map_key].astype(np.float32)
+                if r.segments_key not in segments:
+                    segments[r.segments_key] = z[r.segments_key]
+    image = load_image(cands.loc[group["candidate_id"].iloc[0]]["image_path"])
+    return _Image(int(image_id), image, group, maps, segments)
+
+
+def _record(
+    img: _Image, r: Any, c: pd.Series, by_cause: dict[str, dict], cfg: MetricsConfig
+) -> dict[str, Any]:
+    """One row's record: its identity, region, pointing hit and energy (:func:`.row_metrics`);
+    the deletion / insertion and sanity columns are NaN until filled."""
+    key = f"{r.candidate_id}|{r.method}"
+    stored = bool(r.valid) and key in img.maps
+    m = row_metrics(
+        c.to_dict(),
+        img.hw,
+        by_cause,
+        np.asarray(r.values, dtype=np.float64) if stored else None,
+        img.segments[r.segments_key] if stored else None,
+        img.maps[key] if stored else None,
+        min_overlap=cfg.min_overlap,
+    )
+    rec: dict[str, Any] = {
+        "candidate_id": r.candidate_id,
+        "image_id": img.image_id,
+        "method": r.method,
+        "params_hash": r.params_hash,
+        "outcome": c["outcome"],
+        "error_type": c.get("error_type"),
+        "cause": c.get("cause"),
+        **m,
+        "deletion_auc": np.nan,
+        "insertion_auc": np.nan,
+        "sanity_rho": np.nan,
+        "sanity_spearman_abs": np.nan,
+        "valid": bool(r.valid),
+        "reason": r.reason or "",
+    }
+    if r.valid and not stored:
+        rec["valid"], rec["reason"] = False, "no pixel map stored for this explanation"
+    return rec
+
+
+def _add_rho(img: _Image, methods: list[str]) -> None:
+    """``rho_vs_<m>``: Pearson's rho with method m's map of the same candidate."""
+    for (cid, method), rec in img.recs.items():
+        for other in methods:
+            if other == method:
+                continue
+            a, b = img.maps.get(f"{cid}|{method}"), img.maps.get(f"{cid}|{other}")
+            ok = rec["valid"] and a is not None and b is not None
+            rec[f"rho_vs_{other}"] = pearson_rho(a, b) if ok else np.nan
+
+
+def _add_perturbation(
+    img: _Image,
+    detector: Detector,
+    cands: pd.DataFrame,
+    methods: list[str],
+    cfg: MetricsConfig,
+    mean: torch.Tensor | None,
+) -> None:
+    """Deletion / insertion AUC of the image's valid rows, one batched call per method."""
+    for method in methods:
+        keys = [k for k in img.recs if k[1] == method and img.recs[k]["valid"]]
+        if not keys:
+            continue
+        targets = [Target.from_row(cands.loc[cid]) for cid, _ in keys]
+        stack = np.stack([img.maps[f"{cid}|{method}"] for cid, _ in keys])
+        aucs = perturbation_aucs(detector, img.image, stack, targets, cfg, mean=mean)
+        for k, a in zip(keys, aucs, strict=True):
+            img.recs[k].update(a)
+
+
+def _check_explained(rows: pd.DataFrame, cands: pd.DataFrame) -> None:
+    missing = sorted(set(rows["candidate_id"]) - set(cands.index))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} explained candidates are not in the candidates table "
+            f"(e.g. {missing[:3]}); mine and explain the same split with the same output_dir"
+        )
 
 
 def explanation_metrics(
@@ -94,15 +202,9 @@ def explanation_metrics(
     is not the benchmark) the regions are GT boxes. ``explain_cfg``, ``mean`` and ``seed`` are the
     settings the explanations were made with (for the sanity re-explanation).
     """
-    run_dir = Path(run_dir)
     rows = _latest_score_rows(explanations)
     cands = candidates.drop_duplicates("candidate_id").set_index("candidate_id", drop=False)
-    missing = sorted(set(rows["candidate_id"]) - set(cands.index))
-    if missing:
-        raise ValueError(
-            f"{len(missing)} explained candidates are not in the candidates table "
-            f"(e.g. {missing[:3]}); mine and explain the same split with the same output_dir"
-        )
+    _check_explained(rows, cands)
     by_cause = {str(r["cause_id"]): r for r in (causes or [])}
     methods = sorted(rows["method"].unique())
     randomized = None
@@ -112,124 +214,62 @@ def explanation_metrics(
     out: list[dict[str, Any]] = []
     groups = list(rows.groupby("image_id", sort=True))
     for image_id, group in tqdm(groups, desc="metrics", unit="img", disable=not progress):
-        maps: dict[str, np.ndarray] = {}
-        segments: dict[str, np.ndarray] = {}
-        for map_file, g in group.groupby("map_file", dropna=True):
-            with np.load(safe_join(run_dir, str(map_file)), allow_pickle=False) as z:
-                for r in g.itertuples():
-                    maps[f"{r.candidate_id}|{r.method}"] = z[r.map_key].astype(np.float32)
-                    if r.segments_key not in segments:
-                        segments[r.segments_key] = z[r.segments_key]
-        first = cands.loc[group["candidate_id"].iloc[0]]
-        image = load_image(first["image_path"])
-        hw = (int(image.shape[1]), int(image.shape[2]))
-        recs: dict[tuple[str, str], dict[str, Any]] = {}
+        img = _load_image(Path(run_dir), int(image_id), group, cands)
         for r in group.itertuples():
-            c = cands.loc[r.candidate_id]
-            region = candidate_region(c.to_dict(), by_cause)
-            mask = box_mask(region.box, hw)
-            sign = pointing_sign(str(c["outcome"]))
-            rec: dict[str, Any] = {
-                "candidate_id": r.candidate_id,
-                "image_id": int(image_id),
-                "method": r.method,
-                "params_hash": r.params_hash,
-                "outcome": c["outcome"],
-                "error_type": c.get("error_type"),
-                "cause": c.get("cause"),
-                "region_source": region.source,
-                "region_fraction": float(mask.mean()),
-                "sign": sign,
-                "pointing_hit": np.nan,
-                "energy": np.nan,
-                "deletion_auc": np.nan,
-                "insertion_auc": np.nan,
-                "sanity_rho": np.nan,
-                "sanity_spearman_abs": np.nan,
-                "valid": bool(r.valid),
-                "reason": r.reason or "",
-            }
-            key = f"{r.candidate_id}|{r.method}"
-            if r.valid and key in maps:
-                values = np.asarray(r.values, dtype=np.float64)
-                seg = segments[r.segments_key]
-                rec["pointing_hit"] = float(
-                    pointing_hit(values, seg, mask, sign, min_overlap=cfg.min_overlap)
-                )
-                rec["energy"] = energy_in_region(maps[key], mask, sign)
-            elif r.valid:
-                rec["valid"], rec["reason"] = False, "no pixel map stored for this explanation"
-            recs[(r.candidate_id, r.method)] = rec
-        for (cid, method), rec in recs.items():
-            for other in methods:
-                if other == method:
-                    continue
-                a, b = maps.get(f"{cid}|{method}"), maps.get(f"{cid}|{other}")
-                ok = rec["valid"] and a is not None and b is not None
-                rec[f"rho_vs_{other}"] = pearson_rho(a, b) if ok else np.nan
+            img.recs[(r.candidate_id, r.method)] = _record(
+                img, r, cands.loc[r.candidate_id], by_cause, cfg
+            )
+        _add_rho(img, methods)
         if detector is not None:
-            for method in methods:
-                keys = [k for k in recs if k[1] == method and recs[k]["valid"]]
-                if not keys:
-                    continue
-                targets = [_target(cands.loc[cid]) for cid, _ in keys]
-                stack = np.stack([maps[f"{cid}|{method}"] for cid, _ in keys])
-                curves = deletion_insertion(
-                    detector,
-                    image,
-                    stack,
-                    targets,
-                    steps=cfg.steps,
-                    batch_size=cfg.batch_size,
-                    deletion_baseline=cfg.deletion_baseline,
-                    insertion_baseline=cfg.insertion_baseline,
-                    class_vector=cfg.class_vector,
-                    mean=mean,
-                )
-                for k, d, i in zip(keys, curves.deletion_auc, curves.insertion_auc, strict=True):
-                    recs[k]["deletion_auc"], recs[k]["insertion_auc"] = float(d), float(i)
+            _add_perturbation(img, detector, cands, methods, cfg, mean)
         if randomized is not None:
-            _sanity(randomized, image, group, recs, maps, segments, cands, explain_cfg, mean, seed)
-        out.extend(recs.values())
+            _sanity(randomized, img, cands, explain_cfg, mean, seed)
+        out.extend(img.recs.values())
     rho_cols = [f"rho_vs_{m}" for m in methods]
     table = pd.DataFrame(out, columns=[*METRIC_COLUMNS, *rho_cols])
     return table.astype({"image_id": "int64", "valid": "bool", "sign": "int64"})
 
 
+def _sanity_rows(
+    g: pd.DataFrame, img: _Image, cands: pd.DataFrame, method: str, current: str
+) -> list[Any]:
+    """The method's rows that the sanity check re-explains: valid, made with the current
+    settings, and with a candidate to follow when the method needs one."""
+    needs_candidate = explainer_class(method).needs_candidate
+    todo = []
+    for r in g.itertuples():
+        rec = img.recs[(r.candidate_id, method)]
+        if not rec["valid"]:
+            continue
+        if r.params_hash != current:
+            rec["reason"] = "sanity skipped: made with other settings than the explain config"
+            continue
+        if int(cands.loc[r.candidate_id]["anchor"]) < 0 and needs_candidate:
+            continue
+        todo.append(r)
+    return todo
+
+
 def _sanity(
     randomized: Detector,
-    image: torch.Tensor,
-    group: pd.DataFrame,
-    recs: dict[tuple[str, str], dict[str, Any]],
-    maps: dict[str, np.ndarray],
-    segments: dict[str, np.ndarray],
+    img: _Image,
     cands: pd.DataFrame,
     explain_cfg: ExplainConfig,
     mean: torch.Tensor | None,
     seed: int,
 ) -> None:
     """Re-explain the image's valid rows with the randomised detector; fill ``sanity_*``."""
-    for method, g in group.groupby("method"):
+    for method, g in img.group.groupby("method"):
         explainer = get_explainer(str(method), randomized, explain_cfg, seed, mean=mean)
         current = params_hash(str(method), explainer.params(), seed)
-        todo = []
-        for r in g.itertuples():
-            rec = recs[(r.candidate_id, method)]
-            if not rec["valid"]:
-                continue
-            if r.params_hash != current:
-                rec["reason"] = "sanity skipped: made with other settings than the explain config"
-                continue
-            if int(cands.loc[r.candidate_id]["anchor"]) < 0 and method != "drise":
-                continue
-            todo.append(r)
+        todo = _sanity_rows(g, img, cands, str(method), current)
         if not todo:
             continue
-        targets = [_target(cands.loc[r.candidate_id]) for r in todo]
-        exps = explainer.explain(image, targets, segments=segments[todo[0].segments_key])
+        targets = [Target.from_row(cands.loc[r.candidate_id]) for r in todo]
+        exps = explainer.explain(img.image, targets, segments=img.segments[todo[0].segments_key])
         for r, exp in zip(todo, exps, strict=True):
-            sim = map_similarity(maps[f"{r.candidate_id}|{method}"], exp.pixel_map)
-            rec = recs[(r.candidate_id, method)]
+            sim = map_similarity(img.maps[f"{r.candidate_id}|{method}"], exp.pixel_map)
+            rec = img.recs[(r.candidate_id, method)]
             rec["sanity_rho"], rec["sanity_spearman_abs"] = sim["pearson"], sim["spearman_abs"]
 
 
@@ -251,7 +291,7 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     for method, df in table.groupby("method"):
         entry = means(df)
         entry["by_outcome"] = {str(o): means(d) for o, d in df.groupby("outcome")}
-        failure = df["outcome"].isin(["fp", "fn"])
+        failure = df["outcome"].isin(list(FAILURES))
         cause = df[df["valid"] & (df["region_source"] == "cause") & failure]
         hits = cause["pointing_hit"].dropna()
         entry["planted_cause_hit_rate"] = (
@@ -268,18 +308,11 @@ def evaluate_explanations_stage(
     summary there (atomically). Returns both."""
     from ..data.benchmark import load_causes
     from ..locking import run_lock
-    from ..stages import reference_image, split_dir
+    from ..stages import reference_image
 
-    d = split_dir(cfg, split)
-    table_path = d / "explanations.parquet"
-    if not table_path.is_file():
-        raise FileNotFoundError(
-            f"no explanations table at {table_path}; run 'e2x explain --split {split}' with the "
-            "same output_dir first"
-        )
-    cand_path = d / "candidates.parquet"
-    if not cand_path.is_file():
-        raise FileNotFoundError(f"no candidates table at {cand_path}; run 'e2x mine' first")
+    layout = cfg.split_layout(split)
+    table_path = layout.require("explanations")
+    cand_path = layout.require("candidates")
     baselines = (cfg.metrics.deletion_baseline, cfg.metrics.insertion_baseline)
     # the dataset mean the explain stage used (the sanity re-explanation must use the same)
     mean = reference_image(cfg) if cfg.metrics.sanity or "mean" in baselines else None
@@ -288,7 +321,7 @@ def evaluate_explanations_stage(
         table = explanation_metrics(
             explanations,
             pd.read_parquet(cand_path),
-            d,
+            layout.root,
             cfg.metrics,
             detector,
             load_causes(cfg.data.root, split),
@@ -304,8 +337,8 @@ def evaluate_explanations_stage(
             "metrics_config": cfg.metrics.model_dump(mode="json"),
             "methods": summarize(table),
         }
-        write_table(d / TABLE, table)
-        write_json(d / SUMMARY, summary)
+        write_table(layout.explanation_metrics, table)
+        write_json(layout.explanation_summary, summary)
     return table, summary
 
 

@@ -15,8 +15,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from ..io_utils import atomic_write
+from ..vocab import ERROR_TYPES, FAILURES
 
-ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "missed")
 ERROR_COLOURS = {
     "cls": "#e6550d",
     "loc": "#fdae6b",
@@ -65,7 +65,7 @@ def error_breakdown_chart(candidates: pd.DataFrame, path: Path) -> dict[str, int
     Returns the counts per error type (all six types, zeros included).
     """
     plt = _pyplot()
-    failing = candidates[candidates["outcome"].isin(["fp", "fn"])]
+    failing = candidates[candidates["outcome"].isin(FAILURES)]
     types = failing["error_type"].fillna("missed").astype(str)
     counts = {t: int((types == t).sum()) for t in ERROR_TYPES}
     has_cause = "cause" in failing.columns and failing["cause"].notna().any()

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import E2XConfig
+from ..fiftyone_io.convert import FAILURES_VIEW, MODE_VIEW, REPAIR_VIEW
+from ..vocab import ERROR_TYPES, OUTCOMES
 
 MODE_COLUMNS = ("mode_id", "kind", "size", "n_candidates", "cause", "cause_share")
 REPAIR_COLUMNS = ("mode_id", "rank", "file_name", "score", "support", "x1", "y1", "x2", "y2")
@@ -23,9 +25,7 @@ def mode_rows(modes: list[dict]) -> list[dict]:
 
 def repair_rows(cfg: E2XConfig, split: str) -> list[dict]:
     """The selected pool images, one row each, as the repair-set table artifact shows them."""
-    from ..stages import split_dir
-
-    path = split_dir(cfg, split) / "repair_set.parquet"
+    path = cfg.split_layout(split).repair_set
     if not path.is_file():
         return []
     table = pd.read_parquet(path).sort_values(["mode_id", "rank"])
@@ -34,11 +34,97 @@ def repair_rows(cfg: E2XConfig, split: str) -> list[dict]:
 
 
 def retrain_result(cfg: E2XConfig) -> dict | None:
-    p = Path(cfg.output_dir) / "retrain.json"
     try:
-        return json.loads(p.read_text())
+        return json.loads(cfg.layout.retrain_summary.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _mining_md(split: str, mining: dict) -> list[str]:
+    outcomes = mining.get("outcomes", {})
+    errors = mining.get("error_types", {})
+    return [
+        f"## Mining ({split})",
+        "",
+        "| outcome | count |",
+        "|---|---|",
+        *[f"| {k} | {outcomes.get(k, 0)} |" for k in OUTCOMES],
+        "",
+        "| error type | count |",
+        "|---|---|",
+        *[f"| {k} | {errors.get(k, 0)} |" for k in ERROR_TYPES],
+        "",
+    ]
+
+
+def _modes_md(modes: list[dict]) -> list[str]:
+    if not modes:
+        return []
+    return [
+        "## Failure modes",
+        "",
+        "| mode | kind | size | failures | cause | cause share |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {m['mode_id']} | {m['kind']} | {m['size']} | {m['n_candidates']} | "
+            f"{m.get('cause')} | {float(m.get('cause_share') or 0):.2f} |"
+            for m in modes
+        ],
+        "",
+    ]
+
+
+def _repair_md(repair: dict) -> list[str]:
+    if not repair:
+        return []
+    per_cause = repair.get("precision", {}).get("per_cause", {})
+    return [
+        "## Repair set",
+        "",
+        f"{repair.get('selected', 0)} of {repair.get('pool_images', '?')} pool images.",
+        "",
+        "| cause | selected | precision | base rate |",
+        "|---|---|---|---|",
+        *[
+            f"| {c} | {v.get('selected')} | {float(v.get('precision') or 0):.2f} | "
+            f"{float(v.get('base_rate') or 0):.2f} |"
+            for c, v in per_cause.items()
+        ],
+        "",
+    ]
+
+
+def _retrain_md(retrain: dict | None) -> list[str]:
+    if not retrain:
+        return []
+    before, after = retrain.get("before"), retrain.get("after")
+    lines = ["## Before / after retraining", ""]
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = [
+            k
+            for k in before
+            if isinstance(before[k], (int, float)) and isinstance(after.get(k), (int, float))
+        ]
+        lines += ["| metric | before | after |", "|---|---|---|"]
+        lines += [f"| {k} | {before[k]:.3f} | {after[k]:.3f} |" for k in keys]
+    else:
+        lines += ["```", json.dumps(retrain, indent=2, default=str)[:3000], "```"]
+    return [*lines, ""]
+
+
+def _fiftyone_md(summary: dict) -> list[str]:
+    names = summary.get("fiftyone_datasets") or {}
+    if not (summary.get("fiftyone_dataset") or names):
+        return []
+    lines = ["## FiftyOne", ""]
+    if summary.get("fiftyone_dataset"):
+        lines.append(f"- `{summary['fiftyone_dataset']}`: saved view `{FAILURES_VIEW}`")
+    if names.get("failures"):
+        modes = MODE_VIEW.format(mode="<k>")
+        lines.append(f"- `{names['failures']}`: views `{FAILURES_VIEW}`, `{modes}`")
+    if names.get("pool"):
+        lines.append(f"- `{names['pool']}`: view `{REPAIR_VIEW}`")
+    return [*lines, ""]
 
 
 def run_markdown(
@@ -51,26 +137,12 @@ def run_markdown(
 ) -> str:
     """The markdown summary of a run: outcomes and error types, failure modes with their sizes,
     the repair set, before/after when retrained, the report link and the FiftyOne views."""
-    mining = summary.get("mining") or {}
-    outcomes = mining.get("outcomes", {})
-    errors = mining.get("error_types", {})
     lines = ["# E2X run", ""]
     if report is not None:
         lines += [f"**HTML report:** [{report}]({Path(report).resolve().as_uri()})", ""]
     if evaluation_text:
         lines += ["## Detector", "", "```", evaluation_text, "```", ""]
-    lines += [
-        f"## Mining ({split})",
-        "",
-        "| outcome | count |",
-        "|---|---|",
-        *[f"| {k} | {outcomes.get(k, 0)} |" for k in ("tp", "fp", "fn")],
-        "",
-        "| error type | count |",
-        "|---|---|",
-        *[f"| {k} | {errors.get(k, 0)} |" for k in ("cls", "loc", "both", "dupe", "bkg", "missed")],
-        "",
-    ]
+    lines += _mining_md(split, summary.get("mining") or {})
     ex = summary.get("explain") or {}
     if ex:
         lines += [
@@ -79,60 +151,8 @@ def run_markdown(
             f"{ex.get('explanations', 0)} explanations ({ex.get('valid', 0)} valid).",
             "",
         ]
-    modes = (summary.get("failure_modes") or {}).get("modes") or []
-    if modes:
-        lines += [
-            "## Failure modes",
-            "",
-            "| mode | kind | size | failures | cause | cause share |",
-            "|---|---|---|---|---|---|",
-            *[
-                f"| {m['mode_id']} | {m['kind']} | {m['size']} | {m['n_candidates']} | "
-                f"{m.get('cause')} | {float(m.get('cause_share') or 0):.2f} |"
-                for m in modes
-            ],
-            "",
-        ]
-    repair = summary.get("repair") or {}
-    if repair:
-        per_cause = repair.get("precision", {}).get("per_cause", {})
-        lines += [
-            "## Repair set",
-            "",
-            f"{repair.get('selected', 0)} of {repair.get('pool_images', '?')} pool images.",
-            "",
-            "| cause | selected | precision | base rate |",
-            "|---|---|---|---|",
-            *[
-                f"| {c} | {v.get('selected')} | {float(v.get('precision') or 0):.2f} | "
-                f"{float(v.get('base_rate') or 0):.2f} |"
-                for c, v in per_cause.items()
-            ],
-            "",
-        ]
-    retrain = summary.get("retrain") or retrain_result(cfg)
-    if retrain:
-        before, after = retrain.get("before"), retrain.get("after")
-        lines += ["## Before / after retraining", ""]
-        if isinstance(before, dict) and isinstance(after, dict):
-            keys = [
-                k
-                for k in before
-                if isinstance(before[k], (int, float)) and isinstance(after.get(k), (int, float))
-            ]
-            lines += ["| metric | before | after |", "|---|---|---|"]
-            lines += [f"| {k} | {before[k]:.3f} | {after[k]:.3f} |" for k in keys]
-        else:
-            lines += ["```", json.dumps(retrain, indent=2, default=str)[:3000], "```"]
-        lines.append("")
-    names = summary.get("fiftyone_datasets") or {}
-    if summary.get("fiftyone_dataset") or names:
-        lines += ["## FiftyOne", ""]
-        if summary.get("fiftyone_dataset"):
-            lines.append(f"- `{summary['fiftyone_dataset']}`: saved view `e2x-failures`")
-        if names.get("failures"):
-            lines.append(f"- `{names['failures']}`: views `e2x-failures`, `e2x-mode-<k>`")
-        if names.get("pool"):
-            lines.append(f"- `{names['pool']}`: view `e2x-repair`")
-        lines.append("")
+    lines += _modes_md((summary.get("failure_modes") or {}).get("modes") or [])
+    lines += _repair_md(summary.get("repair") or {})
+    lines += _retrain_md(summary.get("retrain") or retrain_result(cfg))
+    lines += _fiftyone_md(summary)
     return "\n".join(lines)

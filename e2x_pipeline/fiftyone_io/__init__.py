@@ -1,0 +1,78 @@
+"""The only package that talks to FiftyOne: where a person looks at and curates the failures.
+
+FiftyOne is a view onto the stage tables, never their source of truth, and every write here is
+idempotent:
+
+* :func:`open_coco_dataset` opens a persistent dataset by name, or creates it; samples are keyed by
+  ``filepath`` (and carry the COCO ``image_id``), so a rerun adds only images it has not seen.
+* :func:`write_ground_truth` sets the GT field (``fo.Detections``, relative boxes) with each
+  object's ``coco_id``, ``iscrowd`` and benchmark ``cause``; with the mining candidates it also
+  sets ``e2x_outcome`` (tp / fn) and ``e2x_candidate_id`` on each GT object.
+* :func:`write_predictions` sets the low-threshold predictions field (default
+  ``e2x_predictions``); each detection carries ``candidate_id``, ``outcome``, ``error_type``,
+  ``anchor`` and its ``score`` (as ``confidence``).
+* :func:`save_failures_view` saves the view ``e2x-failures``: samples with an fp or an fn.
+* :func:`publish_failures`, :func:`publish_repair`, :func:`export_repair` and
+  :func:`launch_app`: the explained failures with heatmaps and failure modes, the repair set,
+  its COCO export and the App.
+
+Each write REPLACES the field's labels on every sample it touches (``set_values`` keyed by
+filepath), so a rerun never duplicates samples, fields or labels.
+
+Modules: :mod:`.convert` holds the pure conversions (table rows and COCO annotations to label
+values, relative boxes, heatmap ranges, field, view and dataset names) and imports neither
+fiftyone nor a database; :mod:`.db` (connection, schema, the split's dataset) and
+:mod:`.curation` (failures, repair set, export, App) do the writes.
+
+FiftyOne needs a MongoDB server; when it cannot be reached :class:`FiftyOneUnavailable` says how
+to start one.
+"""
+
+from .convert import (
+    FAILURES_VIEW,
+    GT_FIELD,
+    HEATMAP_COLORSCALE,
+    HEATMAP_FIELD,
+    MODE_VIEW,
+    PRED_FIELD,
+    REPAIR_FIELD,
+    REPAIR_VIEW,
+    dataset_names,
+)
+from .curation import export_repair, launch_app, publish_failures, publish_repair
+from .db import (
+    FiftyOneSchemaError,
+    FiftyOneUnavailable,
+    delete_dataset,
+    evaluate_with_fiftyone,
+    open_coco_dataset,
+    publish_mining,
+    save_failures_view,
+    write_ground_truth,
+    write_predictions,
+)
+
+__all__ = [
+    "FAILURES_VIEW",
+    "GT_FIELD",
+    "HEATMAP_COLORSCALE",
+    "HEATMAP_FIELD",
+    "MODE_VIEW",
+    "PRED_FIELD",
+    "REPAIR_FIELD",
+    "REPAIR_VIEW",
+    "FiftyOneSchemaError",
+    "FiftyOneUnavailable",
+    "dataset_names",
+    "delete_dataset",
+    "evaluate_with_fiftyone",
+    "export_repair",
+    "launch_app",
+    "open_coco_dataset",
+    "publish_failures",
+    "publish_mining",
+    "publish_repair",
+    "save_failures_view",
+    "write_ground_truth",
+    "write_predictions",
+]

@@ -1,0 +1,320 @@
+"""The curation datasets: explained failures with heatmaps and modes, the repair set, export, App.
+
+The label values come from :mod:`.convert`; this module only opens datasets, checks their
+schema and writes (``set_values`` keyed by ``candidate_id`` or ``filepath``, so a rerun updates
+in place).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from . import convert
+from .convert import (
+    CANDIDATE_FIELD,
+    FAILURE_FIELDS,
+    FAILURES_VIEW,
+    FEATURES_FIELD,
+    GT_FIELD,
+    HEATMAP_COLORSCALE,
+    MODE_VIEW_PREFIX,
+    REPAIR_FIELD,
+    REPAIR_VIEW,
+)
+from .db import _check_field, _fo, _paths, open_coco_dataset, open_or_create
+
+if TYPE_CHECKING:
+    from ..data.coco import CocoDataset  # only for hints: importing it imports torch
+
+
+def _upsert_keyed(ds: Any, key: str, keys: list[str], filepaths: list[str]) -> None:
+    """Make ``ds`` hold exactly one sample per key: add missing ones, delete stale ones."""
+    fo = _fo()
+    import fiftyone.core.fields as fof
+
+    ds.add_sample_field(key, fof.StringField)
+    have = dict(zip(ds.values(key), ds.values("id"), strict=True))
+    stale = [sid for k, sid in have.items() if k not in set(keys)]
+    if stale:
+        ds.delete_samples(stale)
+    new = [
+        fo.Sample(filepath=p, **{key: k})
+        for k, p in zip(keys, filepaths, strict=True)
+        if k not in have
+    ]
+    if new:
+        ds.add_samples(new, progress=False)
+
+
+def _failure_values(
+    fo: Any,
+    dataset: CocoDataset,
+    cands: pd.DataFrame,
+    keys: list[str],
+    features: pd.DataFrame | None,
+    gt_field: str,
+) -> dict[str, dict[str, Any]]:
+    """``field -> {candidate_id: value}`` for every field of the failures dataset but heatmaps."""
+    mode_of, feats_by_cand = convert.dominant_modes(features)
+    # the order FiftyOne adds the fields in on a new dataset
+    fields = ("image_id", gt_field, CANDIDATE_FIELD, FEATURES_FIELD, *FAILURE_FIELDS, "tags")
+    values: dict[str, dict[str, Any]] = {f: {} for f in fields}
+    for k in keys:
+        c = cands.loc[k]
+        image_id = int(c["image_id"])
+        w, h = convert.image_size(dataset.images.get(image_id, {}))
+        gts = [
+            fo.Detection(
+                **convert.coco_detection(a, dataset.categories, w, h, coco_id=int(a["id"]))
+            )
+            for a in dataset.annotations.get(image_id, [])
+        ]
+        feats = feats_by_cand.get(k, pd.DataFrame()).itertuples()
+        values[gt_field][k] = fo.Detections(detections=gts)
+        values[CANDIDATE_FIELD][k] = fo.Detection(**convert.candidate_detection(c, w, h))
+        values[FEATURES_FIELD][k] = fo.Detections(
+            detections=[fo.Detection(**convert.feature_detection(f, w, h)) for f in feats]
+        )
+        for field, value in convert.failure_fields(c, mode_of.get(k)).items():
+            values[field][k] = value
+    return values
+
+
+def _heatmaps(fo: Any, expl: pd.DataFrame, keys: list[str], split_dir: Path) -> dict[str, dict]:
+    """``<method>_heatmap -> {candidate_id: fo.Heatmap}`` from the stored pixel maps."""
+    import numpy as np
+
+    from ..io_utils import safe_join
+
+    heatmaps: dict[str, dict[str, Any]] = {}
+    for r in expl[expl["candidate_id"].isin(keys)].itertuples():
+        with np.load(safe_join(split_dir, r.map_file), allow_pickle=False) as maps:
+            m = maps[r.map_key].astype(np.float32)
+        heatmap = fo.Heatmap(map=m, range=convert.heatmap_range(m))
+        heatmaps.setdefault(convert.heatmap_field(r.method), {})[r.candidate_id] = heatmap
+    return heatmaps
+
+
+def _save_mode_views(ds: Any, modes: pd.DataFrame | None) -> None:
+    """``e2x-failures`` (all, best score first) and ``e2x-mode-<k>`` per mode; drop stale modes."""
+    from fiftyone import ViewField as F
+
+    ds.save_view(FAILURES_VIEW, ds.sort_by("e2x_score", reverse=True), overwrite=True)
+    wanted = set()
+    if modes is not None:
+        for m in modes["mode_id"]:
+            view_name = convert.mode_view(m)
+            wanted.add(view_name)
+            view = ds.match(F("e2x_failure_mode") == int(m)).sort_by("e2x_score", reverse=True)
+            ds.save_view(view_name, view, overwrite=True)
+    for v in ds.list_saved_views():
+        if v.startswith(MODE_VIEW_PREFIX) and v not in wanted:
+            ds.delete_saved_view(v)
+
+
+def publish_failures(
+    name: str,
+    dataset: CocoDataset,
+    candidates: pd.DataFrame,
+    explanations: pd.DataFrame,
+    split_dir: Path,
+    features: pd.DataFrame | None = None,
+    modes: pd.DataFrame | None = None,
+    gt_field: str = GT_FIELD,
+) -> Any:
+    """One sample per explained failure in the dataset ``name``, keyed by ``candidate_id``.
+
+    Fields: ``ground_truth``; ``e2x_candidate`` (the failing box: the detection for an fp, the
+    missed GT box for an fn); ``<method>_heatmap`` (``fo.Heatmap``, range ``[-a, a]`` with ``a``
+    the map's max |value|, one per method that explained it, E2X first); ``e2x_failure_mode``,
+    ``e2x_error_type``, ``e2x_outcome``, ``e2x_score``; ``e2x_features`` (the failing
+    superpixels' boxes, labelled with their mode). Tags: outcome, error type and ``mode-<k>``.
+    Saved views: ``e2x-failures`` (all, by mode then score) and ``e2x-mode-<k>`` per mode.
+    A rerun updates in place; samples of candidates no longer explained are removed.
+    """
+    fo = _fo()
+    expl = explanations[(explanations["output"] == "score") & explanations["valid"].astype(bool)]
+    cands = candidates.set_index("candidate_id")
+    keys = sorted(set(expl["candidate_id"]) & set(cands.index))
+    paths = [str(Path(cands.loc[k, "image_path"]).resolve()) for k in keys]
+    ds = open_or_create(name)
+    for field, kind in (
+        (gt_field, fo.Detections),
+        (CANDIDATE_FIELD, fo.Detection),
+        (FEATURES_FIELD, fo.Detections),
+    ):
+        _check_field(ds, field, kind)
+    _upsert_keyed(ds, "candidate_id", keys, paths)
+    values = _failure_values(fo, dataset, cands, keys, features, gt_field)
+    heatmaps = _heatmaps(fo, expl, keys, split_dir)
+    tags = values.pop("tags")
+    for field, vals in values.items():
+        ds.set_values(field, vals, key_field="candidate_id")
+    for field in convert.heatmap_field_order(heatmaps):
+        _check_field(ds, field, fo.Heatmap)
+        vals = {k: heatmaps[field].get(k) for k in keys}
+        ds.set_values(field, vals, key_field="candidate_id")
+    ds.set_values("tags", tags, key_field="candidate_id")
+    _show_heatmaps(ds, sorted(heatmaps), gt_field)
+    _save_mode_views(ds, modes)
+    return ds
+
+
+def _show_heatmaps(ds: Any, heatmap_fields: list[str], gt_field: str) -> None:
+    """Make the App open with GT, the candidate and the E2X heatmap on, in red/white/blue."""
+    fo = _fo()
+    from fiftyone.core.odm.dataset import ActiveFields
+
+    primary = convert.heatmap_field("e2x")
+    first = [f for f in heatmap_fields if f == primary] or heatmap_fields[:1]
+    ds.app_config.active_fields = ActiveFields(paths=[gt_field, CANDIDATE_FIELD, *first])
+    ds.app_config.color_scheme = fo.ColorScheme(
+        color_by="value",  # the App paints heatmaps with their colorscale only in this mode
+        colorscales=[{"path": f, "list": HEATMAP_COLORSCALE} for f in heatmap_fields],
+        default_colorscale={"name": None, "list": HEATMAP_COLORSCALE},
+        opacity=0.6,
+    )
+    ds.save()
+
+
+def publish_repair(
+    name: str,
+    pool: CocoDataset,
+    repair_set: pd.DataFrame,
+    gt_field: str = GT_FIELD,
+) -> Any:
+    """Write the repair set onto the pool's dataset and save the view ``e2x-repair``.
+
+    Every pool sample gets ``e2x_failure_mode``, ``e2x_score`` and ``e2x_repair_rank`` (None when
+    not selected) and ``e2x_repair_region`` (the matching superpixel's box, labelled
+    ``mode-<k>``, confidence = match score). The view holds the selected samples, best match
+    first. A rerun replaces the previous selection in place.
+    """
+    fo = _fo()
+    from fiftyone import ViewField as F
+
+    ds = open_coco_dataset(name, pool, gt_field)
+    _check_field(ds, REPAIR_FIELD, fo.Detections)
+    chosen = {int(r.image_id): r for r in repair_set.itertuples()}
+    mode, score, rank, region = {}, {}, {}, {}
+    for image_id, path in _paths(ds).items():
+        r = chosen.get(image_id)
+        w, h = convert.image_size(pool.images.get(image_id, {}))
+        mode[path] = int(r.mode_id) if r is not None else None
+        score[path] = float(r.score) if r is not None else None
+        rank[path] = int(r.rank) if r is not None else None
+        region[path] = (
+            fo.Detections(detections=[fo.Detection(**convert.repair_detection(r, w, h))])
+            if r is not None
+            else None
+        )
+    ds.set_values("e2x_failure_mode", mode, key_field="filepath")
+    ds.set_values("e2x_score", score, key_field="filepath")
+    ds.set_values("e2x_repair_rank", rank, key_field="filepath")
+    ds.set_values(REPAIR_FIELD, region, key_field="filepath")
+    view = ds.match(F("e2x_repair_rank") != None).sort_by("e2x_repair_rank")  # noqa: E711
+    ds.save_view(REPAIR_VIEW, view, overwrite=True)
+    return ds
+
+
+def _reveal_labels(fo: Any, ds: Any, labels: CocoDataset, label_field: str) -> None:
+    """Fill ``label_field`` of each repair-view sample from ``labels``, matched by file name."""
+    view = ds.load_saved_view(REPAIR_VIEW)
+    by_name = {im["file_name"]: i for i, im in labels.images.items()}
+    values = {}
+    for sid, path in zip(view.values("id"), view.values("filepath"), strict=True):
+        image_id = by_name.get(Path(path).name)
+        dets = []
+        if image_id is not None:
+            w, h = convert.image_size(labels.images[image_id])
+            dets = [
+                fo.Detection(
+                    **convert.coco_detection(
+                        a, labels.categories, w, h, iscrowd=int(a.get("iscrowd", 0))
+                    )
+                )
+                for a in labels.annotations.get(image_id, [])
+            ]
+        values[sid] = fo.Detections(detections=dets)
+    ds.set_values(label_field, values, key_field="id")
+
+
+def _export_atomic(fo: Any, view: Any, export_dir: Path, label_field: str, classes: Any) -> None:
+    """Export ``view`` as COCO beside ``export_dir``, then swap it in: a crash never leaves half
+    an export."""
+    export_dir = Path(export_dir)
+    tmp = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    view.export(
+        export_dir=str(tmp),
+        dataset_type=fo.types.COCODetectionDataset,
+        label_field=label_field,
+        classes=classes,
+        export_media=True,
+        progress=False,
+    )
+    old = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.old")
+    if export_dir.exists():
+        export_dir.rename(old)
+    tmp.rename(export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_repair(
+    name: str,
+    export_dir: Path,
+    labels: CocoDataset | None = None,
+    label_field: str = "e2x_labels",
+) -> int:
+    """Export the ``e2x-repair`` view as a COCO detection dataset with FiftyOne's exporter.
+
+    With ``labels`` (the pool's labels, e.g. the benchmark's pool_labels.json) each selected
+    sample's ``label_field`` is filled from it first; without, the export lists the images with
+    no annotations, ready for labelling. Images are copied under ``export_dir/data``. Returns the
+    number of images exported.
+    """
+    fo = _fo()
+    if not fo.dataset_exists(name) or REPAIR_VIEW not in fo.load_dataset(name).list_saved_views():
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} has no saved view {REPAIR_VIEW!r}; run 'e2x repair' first"
+        )
+    ds = fo.load_dataset(name)
+    _check_field(ds, label_field, fo.Detections)
+    if labels is not None:
+        _reveal_labels(fo, ds, labels, label_field)
+    else:
+        ds.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    view = ds.load_saved_view(REPAIR_VIEW)
+    classes = sorted(labels.categories.values()) if labels is not None else None
+    _export_atomic(fo, view, export_dir, label_field, classes)
+    return len(view)
+
+
+def launch_app(
+    name: str, view: str | None, address: str = "127.0.0.1", port: int = 5151, wait: bool = True
+) -> Any:
+    """Serve the App for dataset ``name`` (at saved ``view``) on ``address:port``.
+
+    Binds to 127.0.0.1 unless told otherwise. With ``wait`` blocks until interrupted.
+    """
+    fo = _fo()
+    if not fo.dataset_exists(name):
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} does not exist; run 'e2x cluster' or 'e2x repair' first"
+        )
+    ds = fo.load_dataset(name)
+    if view and view not in ds.list_saved_views():
+        raise ValueError(
+            f"dataset {name!r} has no saved view {view!r}; it has {ds.list_saved_views()}"
+        )
+    target = ds.load_saved_view(view) if view else ds
+    session = fo.launch_app(target, address=address, port=port, remote=True, auto=False)
+    print(f"FiftyOne App: http://{address}:{port}/ (dataset {name!r}, view {view!r})")
+    if wait:
+        session.wait(-1)
+    return session
