@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,8 @@ from .features import (
     segment_boxes,
 )
 from .io_utils import atomic_write, safe_join, write_json, write_table
+from .layout import SplitLayout
+from .vocab import FAILURES, failing_sign
 
 MODE_COLUMNS = [
     "mode_id",
@@ -77,6 +80,70 @@ def embedder_for(detector: Detector, cfg: ClusterConfig) -> RegionEmbedder:
     )
 
 
+def _failure_rows(
+    candidates: pd.DataFrame, explanations: pd.DataFrame, split_dir: Path, method: str
+) -> pd.DataFrame:
+    """The valid score explanations by ``method`` of fp and fn candidates, by candidate id."""
+    rows = explanations[
+        (explanations["method"] == method)
+        & (explanations["output"] == "score")
+        & explanations["valid"].astype(bool)
+    ].sort_values("candidate_id", kind="stable")
+    missing = sorted(set(rows["candidate_id"]) - set(candidates["candidate_id"]))
+    if missing:
+        raise ValueError(
+            f"explanations name candidates missing from {SplitLayout(split_dir).candidates}: "
+            f"{missing[:5]}; rerun 'e2x explain' after 'e2x mine' with the same output_dir"
+        )
+    outcome = candidates.set_index("candidate_id").loc[rows["candidate_id"], "outcome"]
+    return rows[outcome.isin(FAILURES).to_numpy()]
+
+
+def _causes_on(seg: np.ndarray, chosen: np.ndarray, causes: list[dict], own: Any) -> list:
+    """The planted cause under each chosen superpixel (>= half of it in the cause region), the
+    candidate's own cause first, then any other cause on the same image; None elsewhere."""
+    on_cause: list[str | None] = [None] * chosen.size
+    for c in sorted(causes, key=lambda c: c["cause_id"] != own):
+        cover = region_cover(seg, chosen, c["region_bbox"])
+        for k in range(chosen.size):
+            if on_cause[k] is None and cover[k] >= 0.5:
+                on_cause[k] = c["cause"]
+    return on_cause
+
+
+def _feature_rows(
+    r: Any, cand: pd.Series, seg: np.ndarray, chosen: np.ndarray, causes: list[dict]
+) -> list[dict]:
+    """One :data:`FEATURE_COLUMNS` row per failing superpixel of one explanation."""
+    values = np.asarray(r.values, dtype=np.float64)
+    boxes = segment_boxes(seg, chosen)
+    on_cause = _causes_on(seg, chosen, causes, cand.get("cause_id"))
+    sign = failing_sign(cand["outcome"])
+    return [
+        {
+            "feature_id": f"{r.candidate_id}/s{int(s)}",
+            "candidate_id": r.candidate_id,
+            "image_id": int(r.image_id),
+            "image_path": cand["image_path"],
+            "outcome": cand["outcome"],
+            "error_type": cand["error_type"],
+            "label": int(cand["label"]),
+            "category": cand["category"],
+            "segment": int(s),
+            "value": float(values[s]),
+            "strength": float(sign * values[s]),
+            "area": int(boxes[k, 4]),
+            "x1": float(boxes[k, 0]),
+            "y1": float(boxes[k, 1]),
+            "x2": float(boxes[k, 2]),
+            "y2": float(boxes[k, 3]),
+            "cause": cand.get("cause"),
+            "on_cause": on_cause[k],
+        }
+        for k, s in enumerate(chosen)
+    ]
+
+
 def extract_features(
     candidates: pd.DataFrame,
     explanations: pd.DataFrame,
@@ -88,72 +155,25 @@ def extract_features(
 
     Returns the features table (without embeddings) and each image's superpixels.
     """
-    rows = explanations[
-        (explanations["method"] == cfg.explain_method)
-        & (explanations["output"] == "score")
-        & explanations["valid"].astype(bool)
-    ].sort_values("candidate_id", kind="stable")
+    rows = _failure_rows(candidates, explanations, split_dir, cfg.explain_method)
     cands = candidates.set_index("candidate_id")
-    missing = sorted(set(rows["candidate_id"]) - set(cands.index))
-    if missing:
-        raise ValueError(
-            f"explanations name candidates missing from candidates.parquet in {split_dir}: "
-            f"{missing[:5]}; rerun 'e2x explain' after 'e2x mine' with the same output_dir"
-        )
     by_image: dict[int, list[dict]] = {}
-    for r in causes or []:
-        by_image.setdefault(int(r["image_id"]), []).append(r)
+    for c in causes or []:
+        by_image.setdefault(int(c["image_id"]), []).append(c)
     segments: dict[int, np.ndarray] = {}
     out: list[dict] = []
     for r in rows.itertuples():
         cand = cands.loc[r.candidate_id]
-        if cand["outcome"] not in ("fp", "fn"):
-            continue
         image_id = int(r.image_id)
         if image_id not in segments:
             with np.load(safe_join(split_dir, r.map_file), allow_pickle=False) as maps:
                 segments[image_id] = maps[r.segments_key].astype(np.int32)
-        seg = segments[image_id]
         values = np.asarray(r.values, dtype=np.float64)
         chosen = failing_superpixels(values, cand["outcome"], cfg.fraction, cfg.max_per_candidate)
-        if not chosen.size:
-            continue
-        boxes = segment_boxes(seg, chosen)
-        on_cause: list[str | None] = [None] * chosen.size
-        own = cand.get("cause_id")
-        # the candidate's own cause first, then any other cause on the same image
-        image_causes = sorted(by_image.get(image_id, []), key=lambda c: c["cause_id"] != own)
-        for c in image_causes:
-            cover = region_cover(seg, chosen, c["region_bbox"])
-            for k in range(chosen.size):
-                if on_cause[k] is None and cover[k] >= 0.5:
-                    on_cause[k] = c["cause"]
-        sign = -1.0 if cand["outcome"] == "fn" else 1.0
-        for k, s in enumerate(chosen):
-            out.append(
-                {
-                    "feature_id": f"{r.candidate_id}/s{int(s)}",
-                    "candidate_id": r.candidate_id,
-                    "image_id": image_id,
-                    "image_path": cand["image_path"],
-                    "outcome": cand["outcome"],
-                    "error_type": cand["error_type"],
-                    "label": int(cand["label"]),
-                    "category": cand["category"],
-                    "segment": int(s),
-                    "value": float(values[s]),
-                    "strength": float(sign * values[s]),
-                    "area": int(boxes[k, 4]),
-                    "x1": float(boxes[k, 0]),
-                    "y1": float(boxes[k, 1]),
-                    "x2": float(boxes[k, 2]),
-                    "y2": float(boxes[k, 3]),
-                    "cause": cand.get("cause"),
-                    "on_cause": on_cause[k],
-                }
-            )
-    table = pd.DataFrame(out, columns=FEATURE_COLUMNS)
-    return table, segments
+        if chosen.size:
+            seg, image_causes = segments[image_id], by_image.get(image_id, [])
+            out += _feature_rows(r, cand, seg, chosen, image_causes)
+    return pd.DataFrame(out, columns=FEATURE_COLUMNS), segments
 
 
 def embed_features(
@@ -296,8 +316,9 @@ def render_crops(
         strip = Image.new("RGB", (len(tiles) * (size + 4), size), "white")
         for k, tile in enumerate(tiles):
             strip.paste(tile, (k * (size + 4), 0))
-        rel = f"modes/mode-{int(m.mode_id)}.png"
-        with atomic_write(safe_join(out_dir, rel)) as fh:
+        path = SplitLayout(Path(out_dir)).mode_crop(int(m.mode_id))
+        rel = path.relative_to(out_dir).as_posix()
+        with atomic_write(path) as fh:
             strip.save(fh, format="PNG")
         paths.append(rel)
     return paths
@@ -313,14 +334,9 @@ def run_cluster_stage(
 ) -> ClusterResult:
     """Failing features -> embeddings -> failure modes; writes the stage's tables (module doc)."""
     split_dir = Path(split_dir)
-    for name in ("candidates.parquet", "explanations.parquet"):
-        if not (split_dir / name).is_file():
-            raise FileNotFoundError(
-                f"no {name} in {split_dir}; run 'e2x mine' and 'e2x explain' with the same "
-                "output_dir first"
-            )
-    candidates = pd.read_parquet(split_dir / "candidates.parquet")
-    explanations = pd.read_parquet(split_dir / "explanations.parquet")
+    layout = SplitLayout(split_dir)
+    candidates = pd.read_parquet(layout.require("candidates"))
+    explanations = pd.read_parquet(layout.require("explanations"))
     steps = tqdm(total=3, desc="cluster", disable=not progress)
     features, segments = extract_features(candidates, explanations, split_dir, cfg, causes)
     steps.update()
@@ -333,8 +349,8 @@ def run_cluster_stage(
     steps.close()
     table = features.copy()
     table["embedding"] = [e.tolist() for e in embeddings] if len(features) else []
-    write_table(split_dir / "features.parquet", table)
-    write_table(split_dir / "failure_modes.parquet", modes)
+    write_table(layout.features, table)
+    write_table(layout.failure_modes, modes)
     explained = explanations[
         (explanations["method"] == cfg.explain_method) & (explanations["output"] == "score")
     ]
@@ -351,7 +367,7 @@ def run_cluster_stage(
         ],
         "config": cfg.model_dump(mode="json"),
     }
-    write_json(split_dir / "cluster.json", metrics)
+    write_json(layout.cluster_summary, metrics)
     return ClusterResult(table, modes, metrics)
 
 

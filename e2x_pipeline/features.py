@@ -38,6 +38,7 @@ from skimage.color import rgb2lab
 from torch import Tensor
 
 from .detectors.base import Detector
+from .vocab import failing_sign
 
 FEATURE_COLUMNS = [
     "feature_id",
@@ -61,15 +62,6 @@ FEATURE_COLUMNS = [
 ]
 
 
-def failing_sign(outcome: str) -> int:
-    """``-1`` for a false negative (suppressing evidence), ``+1`` for a false positive."""
-    if outcome == "fn":
-        return -1
-    if outcome == "fp":
-        return 1
-    raise ValueError(f"only fp and fn candidates have failing features, got outcome {outcome!r}")
-
-
 def failing_superpixels(
     values: np.ndarray, outcome: str, fraction: float = 0.3, max_per_candidate: int = 3
 ) -> np.ndarray:
@@ -86,13 +78,25 @@ def failing_superpixels(
     return keep[order][:max_per_candidate]
 
 
-def segment_boxes(segments: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """``[n, 4]`` pixel boxes (x1, y1, x2, y2; x2/y2 exclusive) and ``[n]`` areas of segments."""
-    out = np.zeros((len(ids), 5), dtype=np.float64)
-    for k, s in enumerate(ids):
-        ys, xs = np.nonzero(segments == s)
-        out[k] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, ys.size)
+def all_segment_boxes(segments: np.ndarray) -> np.ndarray:
+    """``[M, 5]``: every segment's pixel box (x1, y1, x2, y2; x2/y2 exclusive) and area, in one
+    pass over the pixels (an absent label gets x1 = y1 = inf and area 0)."""
+    ys, xs = np.indices(segments.shape)
+    flat = segments.ravel()
+    n = int(flat.max()) + 1
+    out = np.zeros((n, 5), dtype=np.float64)
+    out[:, :2] = np.inf
+    np.minimum.at(out[:, 0], flat, xs.ravel())
+    np.minimum.at(out[:, 1], flat, ys.ravel())
+    np.maximum.at(out[:, 2], flat, xs.ravel() + 1)
+    np.maximum.at(out[:, 3], flat, ys.ravel() + 1)
+    out[:, 4] = np.bincount(flat, minlength=n)
     return out
+
+
+def segment_boxes(segments: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """``[n, 5]``: the boxes and areas (:func:`all_segment_boxes`) of segments ``ids``."""
+    return all_segment_boxes(segments)[np.asarray(ids, dtype=np.int64)]
 
 
 def region_cover(segments: np.ndarray, ids: Sequence[int], box: Sequence[float]) -> np.ndarray:

@@ -40,8 +40,9 @@ from .config import ExplainConfig, RepairConfig
 from .data.coco import CocoDataset, load_image
 from .detectors.base import Detector
 from .explain.superpixels import slic_segments
-from .features import RegionEmbedder
+from .features import RegionEmbedder, all_segment_boxes
 from .io_utils import atomic_write, file_hash, write_json, write_table
+from .layout import SplitLayout
 
 REGION_COLUMNS = ["region_id", "image_id", "file_name", "segment", "x1", "y1", "x2", "y2", "area"]
 REPAIR_COLUMNS = [
@@ -75,6 +76,68 @@ def model_fingerprint(detector: Detector) -> str:
     return h.hexdigest()[:16]
 
 
+def _pool_key(
+    pool: CocoDataset, embedder: RegionEmbedder, explain: ExplainConfig, model_key: str
+) -> tuple[str, dict]:
+    """The cache key of the pool's regions: pool content, model weights, SLIC and embedding."""
+    payload = {
+        "pool": file_hash(pool.path),
+        "images": [pool.images[i]["file_name"] for i in pool.image_ids],
+        "model": model_key,
+        "slic": [explain.n_segments, explain.compactness],
+        "levels": list(embedder.levels) if embedder.levels is not None else None,
+        "appearance": [embedder.appearance, embedder.appearance_weight],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], payload
+
+
+def _image_regions(image_id: int, file_name: str, seg: np.ndarray) -> pd.DataFrame:
+    """One :data:`REGION_COLUMNS` row per superpixel of one pool image."""
+    boxes = all_segment_boxes(seg)
+    segs_n = np.arange(len(boxes))
+    return pd.DataFrame(
+        {
+            "region_id": [f"{image_id}/s{k}" for k in segs_n],
+            "image_id": int(image_id),
+            "file_name": file_name,
+            "segment": segs_n,
+            "x1": boxes[:, 0],
+            "y1": boxes[:, 1],
+            "x2": boxes[:, 2],
+            "y2": boxes[:, 3],
+            "area": boxes[:, 4].astype(np.int64),
+        }
+    )
+
+
+def _embed_pool(
+    pool: CocoDataset,
+    embedder: RegionEmbedder,
+    explain: ExplainConfig,
+    progress: bool,
+    batch_size: int,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    rows: list[pd.DataFrame] = []
+    chunks: list[np.ndarray] = []
+    ids = pool.image_ids
+    bar = tqdm(total=len(ids), desc="embed pool", unit="img", disable=not progress)
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        images = [load_image(pool.image_path(i)) for i in batch]
+        segs = [slic_segments(im, explain.n_segments, explain.compactness) for im in images]
+        wanted = [np.arange(int(s.max()) + 1) for s in segs]
+        for image_id, seg, emb in zip(
+            batch, segs, embedder.embed(images, segs, wanted), strict=True
+        ):
+            rows.append(_image_regions(image_id, pool.images[image_id]["file_name"], seg))
+            chunks.append(emb)
+        bar.update(len(batch))
+    bar.close()
+    if not rows:
+        return pd.DataFrame(columns=REGION_COLUMNS), np.zeros((0, 0), np.float32)
+    return pd.concat(rows, ignore_index=True)[REGION_COLUMNS], np.concatenate(chunks)
+
+
 def pool_regions(
     pool: CocoDataset,
     embedder: RegionEmbedder,
@@ -85,69 +148,13 @@ def pool_regions(
     batch_size: int = 64,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Every superpixel of every pool image with its embedding (cached, see module doc)."""
-    key_payload = {
-        "pool": file_hash(pool.path),
-        "images": [pool.images[i]["file_name"] for i in pool.image_ids],
-        "model": model_key,
-        "slic": [explain.n_segments, explain.compactness],
-        "levels": list(embedder.levels) if embedder.levels is not None else None,
-        "appearance": [embedder.appearance, embedder.appearance_weight],
-    }
-    key = hashlib.sha256(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:16]
-    table_path = cache_dir / "regions.parquet"
-    emb_path = cache_dir / "region_embeddings.npy"
-    stamp = cache_dir / "regions.json"
+    key, key_payload = _pool_key(pool, embedder, explain, model_key)
+    layout = SplitLayout(Path(cache_dir))
+    table_path, emb_path, stamp = layout.regions, layout.region_embeddings, layout.regions_stamp
     fresh = table_path.is_file() and emb_path.is_file() and stamp.is_file()
     if fresh and json.loads(stamp.read_text()).get("key") == key:
         return pd.read_parquet(table_path), np.load(emb_path, allow_pickle=False)
-    rows: list[pd.DataFrame] = []
-    chunks: list[np.ndarray] = []
-    ids = pool.image_ids
-    bar = tqdm(total=len(ids), desc="embed pool", unit="img", disable=not progress)
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size]
-        images = [load_image(pool.image_path(i)) for i in batch]
-        segs = [slic_segments(im, explain.n_segments, explain.compactness) for im in images]
-        wanted = [np.arange(int(s.max()) + 1) for s in segs]
-        embs = embedder.embed(images, segs, wanted)
-        for image_id, seg, emb in zip(batch, segs, embs, strict=True):
-            ys, xs = np.indices(seg.shape)
-            flat = seg.ravel()
-            n = int(flat.max()) + 1
-            x1 = np.full(n, np.inf)
-            y1 = np.full(n, np.inf)
-            np.minimum.at(x1, flat, xs.ravel())
-            np.minimum.at(y1, flat, ys.ravel())
-            x2 = np.zeros(n)
-            y2 = np.zeros(n)
-            np.maximum.at(x2, flat, xs.ravel() + 1)
-            np.maximum.at(y2, flat, ys.ravel() + 1)
-            area = np.bincount(flat, minlength=n)
-            segs_n = np.arange(n)
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "region_id": [f"{image_id}/s{k}" for k in segs_n],
-                        "image_id": int(image_id),
-                        "file_name": pool.images[image_id]["file_name"],
-                        "segment": segs_n,
-                        "x1": x1,
-                        "y1": y1,
-                        "x2": x2,
-                        "y2": y2,
-                        "area": area,
-                    }
-                )
-            )
-            chunks.append(emb)
-        bar.update(len(batch))
-    bar.close()
-    table = (
-        pd.concat(rows, ignore_index=True)[REGION_COLUMNS]
-        if rows
-        else pd.DataFrame(columns=REGION_COLUMNS)
-    )
-    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    table, embeddings = _embed_pool(pool, embedder, explain, progress, batch_size)
     write_table(table_path, table)
     with atomic_write(emb_path, "wb") as fh:
         np.save(fh, embeddings)
@@ -321,13 +328,9 @@ def run_repair_stage(
 ) -> RepairResult:
     """Match the split's failure modes to the pool and select the repair set (module doc)."""
     split_dir, pool_dir = Path(split_dir), Path(pool_dir)
-    for name in ("features.parquet", "failure_modes.parquet"):
-        if not (split_dir / name).is_file():
-            raise FileNotFoundError(
-                f"no {name} in {split_dir}; run 'e2x cluster' with the same output_dir first"
-            )
-    features = pd.read_parquet(split_dir / "features.parquet")
-    modes = pd.read_parquet(split_dir / "failure_modes.parquet")
+    layout = SplitLayout(split_dir)
+    features = pd.read_parquet(layout.require("features"))
+    modes = pd.read_parquet(layout.require("failure_modes"))
     regions, region_emb = pool_regions(
         pool,
         embedder,
@@ -349,13 +352,13 @@ def run_repair_stage(
         )
     with torch.no_grad():
         scores = match_modes(features, feat_emb, regions, region_emb, cfg.neighbours)
-    write_table(split_dir / "repair_scores.parquet", scores)
+    write_table(layout.repair_scores, scores)
     sizes = {int(m.mode_id): int(m.size) for m in modes.itertuples()}
     chosen = select_repair_set(scores, sizes, min(cfg.budget, len(pool.images)), cfg.allocation)
     chosen["file_name"] = [pool.images[int(i)]["file_name"] for i in chosen["image_id"]]
     chosen["image_path"] = [str(pool.image_path(int(i))) for i in chosen["image_id"]]
     chosen = chosen[REPAIR_COLUMNS]
-    write_table(split_dir / "repair_set.parquet", chosen)
+    write_table(layout.repair_set, chosen)
     metrics = {
         "pool_images": len(pool.images),
         "pool_regions": len(regions),
@@ -366,7 +369,7 @@ def run_repair_stage(
     }
     if pool_causes:
         metrics["precision"] = repair_precision(chosen, modes, pool_causes, len(pool.images))
-    write_json(split_dir / "repair.json", metrics)
+    write_json(layout.repair_summary, metrics)
     return RepairResult(chosen, metrics)
 
 

@@ -260,51 +260,70 @@ class Explainer(ABC):
         methods, share one SLIC segmentation; without it SLIC runs here. ``reference`` overrides
         the configured reference image (it should be what ``cfg.reference`` names).
         """
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"explain() takes one image [3, H, W], got {tuple(image.shape)}")
+        self._check_call(image, targets, output, candidate_ids)
         if not targets:
             return []
+        start = time.perf_counter()
+        image = image.to(self.device, torch.float32)
+        seg_np = self._segments(image, segments)
+        n_seg = int(seg_np.max()) + 1
+        seg = torch.as_tensor(seg_np, dtype=torch.long, device=self.device)
+        reference = self._reference(image, reference)
+        with torch.enable_grad():
+            att = self.attribute(image, targets, output, seg, n_seg, reference, self.generator())
+        seconds = (time.perf_counter() - start) / len(targets)
+        return self._explanations(att, targets, output, seg_np, seconds, candidate_ids)
+
+    def _check_call(
+        self,
+        image: Tensor,
+        targets: list[Target],
+        output: str,
+        candidate_ids: list[str] | None,
+    ) -> None:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"explain() takes one image [3, H, W], got {tuple(image.shape)}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if output != "score" and not self.supports_box_maps:
             raise ValueError(f"{self.name} explains class scores only, not box coordinate {output}")
         if candidate_ids is not None and len(candidate_ids) != len(targets):
             raise ValueError(f"{len(candidate_ids)} candidate ids for {len(targets)} targets")
-        start = time.perf_counter()
-        image = image.to(self.device, torch.float32)
-        hw = (int(image.shape[1]), int(image.shape[2]))
+
+    def _segments(self, image: Tensor, segments: np.ndarray | Tensor | None) -> np.ndarray:
         if segments is None:
-            seg_np = slic_segments(image, self.cfg.n_segments, self.cfg.compactness)
-        else:
-            check_segments(segments, hw)
-            seg_np = (
-                segments.detach().cpu().numpy() if isinstance(segments, Tensor) else segments
-            ).astype(np.int32, copy=False)
-        n_seg = int(seg_np.max()) + 1
-        seg = torch.as_tensor(seg_np, dtype=torch.long, device=self.device)
+            return slic_segments(image, self.cfg.n_segments, self.cfg.compactness)
+        check_segments(segments, (int(image.shape[1]), int(image.shape[2])))
+        seg = segments.detach().cpu().numpy() if isinstance(segments, Tensor) else segments
+        return seg.astype(np.int32, copy=False)
+
+    def _reference(self, image: Tensor, reference: Tensor | None) -> Tensor:
         if not self.uses_reference:
-            reference = torch.zeros_like(image)  # unused
-        elif reference is None:
-            reference, _ = make_reference(image, self.cfg.reference, self.mean)
-        else:
-            reference = reference.to(self.device, torch.float32).expand_as(image)
-        with torch.enable_grad():
-            att = self.attribute(image, targets, output, seg, n_seg, reference, self.generator())
+            return torch.zeros_like(image)  # unused
+        if reference is None:
+            return make_reference(image, self.cfg.reference, self.mean)[0]
+        return reference.to(self.device, torch.float32).expand_as(image)
+
+    def _explanations(
+        self,
+        att: Attribution,
+        targets: list[Target],
+        output: str,
+        seg_np: np.ndarray,
+        seconds: float,
+        candidate_ids: list[str] | None,
+    ) -> list[Explanation]:
+        """One record per target; a target with any non-finite sample is invalid (NaN values)."""
         values = att.values.detach().to("cpu", torch.float64).numpy()
         maps = att.pixel_maps.detach().to("cpu", torch.float32).numpy()
         bad = att.bad.cpu().numpy()
-        seconds = (time.perf_counter() - start) / len(targets)
         params = self.params()
         out: list[Explanation] = []
         for t, target in enumerate(targets):
             ok = bad[t] == 0 and np.isfinite(values[t]).all() and np.isfinite(maps[t]).all()
-            reason = ""
-            if not ok:
-                reason = (
-                    f"non-finite model output or gradient in {int(bad[t])} sample(s)"
-                    if bad[t]
-                    else "non-finite attribution"
-                )
+            reason = "" if ok else "non-finite attribution"
+            if bad[t]:
+                reason = f"non-finite model output or gradient in {int(bad[t])} sample(s)"
             out.append(
                 Explanation(
                     target=target,
