@@ -3,11 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from e2x_pipeline.data.benchmark import CAUSES, load_causes, make_benchmark
 from e2x_pipeline.data.coco import load_coco
 from e2x_pipeline.io_utils import file_hash
+
+SMALL = {"train": 5, "val": 5, "test": 5, "pool": 5}
 
 
 def test_layout_and_causes(tiny_benchmark):
@@ -68,3 +71,21 @@ def test_deterministic(tmp_path):
         tmp_path / "b/images/val/val_00001.png"
     )
     assert a != file_hash(tmp_path / "c/annotations/val.json")
+
+
+def test_the_benchmark_is_never_generated_into_a_users_folder(tmp_path):
+    """A folder holding anything the generator did not write is refused, untouched."""
+    from e2x_pipeline.data.benchmark import MARKER_FILE, BenchmarkFolderError
+
+    user = tmp_path / "my_coco"
+    (user / "annotations").mkdir(parents=True)
+    (user / "annotations" / "val.json").write_text('{"images": []}')
+    (user / "causes.json").write_text("[]")
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+    with pytest.raises(BenchmarkFolderError, match=r"refusing to generate.*my_coco"):
+        make_benchmark(user, seed=0, image_size=64, sizes=SMALL)
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
+    # an empty (or new) folder becomes the generator's, and a regeneration is allowed
+    make_benchmark(tmp_path / "new", seed=0, image_size=64, sizes=SMALL)
+    assert (tmp_path / "new" / MARKER_FILE).is_file()
+    make_benchmark(tmp_path / "new", seed=1, image_size=64, sizes=SMALL)

@@ -53,6 +53,42 @@ SUMMARY_FILE = "benchmark.json"
 """What :func:`make_benchmark` returns: seed, image size, generator version, counts per split."""
 
 
+MARKER_FILE = ".e2x-benchmark"
+"""Written first into a folder the generator owns; only such a folder (or an empty one) is
+ever (re)generated, so a user's own dataset folder is never overwritten."""
+
+
+class BenchmarkFolderError(FileExistsError):
+    """The benchmark would be written into a folder that holds something else."""
+
+
+def claim_folder(out: Path) -> None:
+    """Make ``out`` the generator's: allowed when it is missing, empty, or already carries the
+    generator's marker (or, from before the marker, a ``benchmark.json`` this generator wrote).
+    Anything else is a :class:`BenchmarkFolderError` naming the folder."""
+    if (out / MARKER_FILE).is_file() or _legacy_benchmark(out):
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchmarkFolderError(
+            f"refusing to generate the planted-failure benchmark into {out}: it exists and holds "
+            f"files the generator did not write (no {MARKER_FILE} marker). Point data.root at an "
+            "empty or new folder for the benchmark; for your own data, give the dataset in the "
+            "config and do not ask for the benchmark"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_FILE).write_text(
+        f"e2x planted-failure benchmark, generator {GENERATOR_VERSION}\n"
+    )
+
+
+def _legacy_benchmark(out: Path) -> bool:
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"seed", "version", "splits"} <= set(summary)
+
+
 def split_annotations_file(split: str) -> str:
     """The COCO file name of a split in :data:`ANNOTATIONS_DIR`."""
     return f"{split}.json"
@@ -286,11 +322,14 @@ def make_benchmark(
 ) -> dict:
     """Generate the benchmark under ``out_dir``; deterministic in ``seed``. Returns a summary.
 
+    ``out_dir`` must be missing, empty or the generator's own (:func:`claim_folder`).
+
     Layout: ``images/<split>/<split>_NNNNN.png``, ``annotations/{train,val,test}.json`` (COCO),
     ``annotations/pool.json`` (images only), ``annotations/pool_labels.json`` (hidden labels),
     ``causes.json`` (one record per planted cause, keyed by split, image id and annotation id).
     """
     out = Path(out_dir)
+    claim_folder(out)
     sizes = sizes or {"train": 900, "val": 200, "test": 200, "pool": 600}
     categories = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)]
     cat_id = {c["name"]: c["id"] for c in categories}
