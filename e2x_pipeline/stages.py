@@ -98,13 +98,6 @@ def evaluate_stage(
     return result
 
 
-def split_dir(cfg: E2XConfig, split: str) -> Path:
-    """``cfg.split_layout(split).root``: ``<output_dir>/<split>/`` (never outside it).
-
-    Kept for the callers not yet on the layout (``report``); new code uses ``cfg.split_layout``."""
-    return cfg.split_layout(split).root
-
-
 def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
     """Mine FP/FN candidates on ``split``; writes the split's candidates and predictions."""
     from .mining import run_mining_stage
@@ -153,12 +146,6 @@ def failures(candidates: pd.DataFrame, max_candidates: int | None = None) -> pd.
     rows = candidates[candidates["outcome"].isin(["fp", "fn"])]
     rows = rows.sort_values(["image_id", "candidate_id"], kind="stable")
     return rows.head(max_candidates) if max_candidates else rows
-
-
-def candidates_table(cfg: E2XConfig, split: str) -> Path:
-    """The split's mined candidates table; :class:`~e2x_pipeline.layout.StageOutputMissing`
-    (naming ``e2x mine --split S``) when mining has not run."""
-    return cfg.split_layout(split).require("candidates")
 
 
 def explain_stage(
