@@ -30,10 +30,11 @@ def _detector(cfg: E2XConfig, progress: bool):
 
 
 def cmd_make_benchmark(args: argparse.Namespace) -> int:
+    from e2x_pipeline.data.benchmark import SUMMARY_FILE
     from e2x_pipeline.stages import ensure_benchmark
 
     root = ensure_benchmark(config(args))
-    print(json.dumps(json.loads((root / "benchmark.json").read_text()), indent=2))
+    print(json.dumps(json.loads((root / SUMMARY_FILE).read_text()), indent=2))
     return 0
 
 

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     import torch
 
 from .config import E2XConfig, resolve_device
-from .data.benchmark import GENERATOR_VERSION, load_causes, make_benchmark
+from .data.benchmark import GENERATOR_VERSION, SUMMARY_FILE, load_causes, make_benchmark
 from .data.coco import CocoDataset, load_coco
 from .detectors import load_detector
 from .detectors.base import Detector
 from .evaluation import evaluate_detector_outputs, format_evaluation  # noqa: F401 (re-exported)
+from .fiftyone_io.convert import dataset_names as fiftyone_names  # noqa: F401 (CLI uses it)
 from .inference import detect_dataset
 from .io_utils import safe_join, write_json
 from .locking import run_lock
@@ -37,7 +38,7 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
         "image_size": b.image_size,
         "sizes": {"train": b.n_train, "val": b.n_val, "test": b.n_test, "pool": b.n_pool},
     }
-    stamp = root / "benchmark.json"
+    stamp = root / SUMMARY_FILE
     if stamp.is_file():
         have = json.loads(stamp.read_text())
         sizes = {k: v["images"] for k, v in have.get("splits", {}).items()}
@@ -246,16 +247,6 @@ def repair_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool 
         load_causes(cfg.data.root, pool),
         progress,
     )
-
-
-def fiftyone_names(cfg: E2XConfig, split: str) -> dict[str, str]:
-    """The FiftyOne datasets a run writes: the split, its explained failures, and the pool."""
-    base = cfg.data.fiftyone_dataset or f"e2x-{split}"
-    return {
-        "split": base,
-        "failures": f"{base}-failures",
-        "pool": cfg.repair.fiftyone_dataset or f"e2x-{cfg.repair.pool_split}",
-    }
 
 
 def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
