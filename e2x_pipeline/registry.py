@@ -39,6 +39,10 @@ class Registry(Generic[T]):
             )
         self._items[name] = item
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a class defined for a while only, e.g. in a test)."""
+        self._items.pop(name, None)
+
     def _load(self) -> None:
         if self._discovered or self._discover is None:
             return

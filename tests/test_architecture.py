@@ -19,6 +19,7 @@ from e2x_pipeline.config import ConfigError, load_config
 from e2x_pipeline.detectors.base import Target, TargetOutput
 from e2x_pipeline.explain.base import Attribution, Explainer
 from e2x_pipeline.layout import SplitLayout, StageOutputMissing
+from e2x_pipeline.registry import EXPLAINERS
 
 ROOT = Path(__file__).parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "compact_ssd_benchmark.pt"
@@ -30,41 +31,48 @@ class BoxShareOptions(BaseModel):
     scale: float = 1.0
 
 
-class BoxShareExplainer(Explainer):
-    """A toy method with a known answer: each superpixel's value is ``scale`` times the share of
-    its pixels inside the target's box. It follows boxes, not candidates, so it also explains
-    uncovered FNs, which only a capability (not a method name) can tell the explain stage."""
+@pytest.fixture
+def toy_method():
+    """A toy method registered for one test only (the registry is process-wide)."""
 
-    name = "toy_box_share"
-    Options = BoxShareOptions
-    needs_candidate = False
+    class BoxShareExplainer(Explainer):
+        """A toy method with a known answer: each superpixel's value is ``scale`` times the share of
+        its pixels inside the target's box. It follows boxes, not candidates, so it also explains
+        uncovered FNs, which only a capability (not a method name) can tell the explain stage."""
 
-    def method_params(self) -> dict:
-        return {"scale": self.options.scale}
+        name = "toy_box_share"
+        Options = BoxShareOptions
+        needs_candidate = False
 
-    def attribute(
-        self,
-        image: Tensor,
-        targets: list[Target],
-        output: TargetOutput,
-        segments: Tensor,
-        n_segments: int,
-        reference: Tensor,
-        generator: torch.Generator,
-    ) -> Attribution:
-        h, w = segments.shape
-        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        area = torch.bincount(segments.flatten(), minlength=n_segments).double()
-        values = []
-        for t in targets:
-            x1, y1, x2, y2 = t.box
-            inside = ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).flatten().double()
-            share = torch.bincount(segments.flatten(), inside, minlength=n_segments) / area
-            values.append(self.options.scale * share)
-        v = torch.stack(values)
-        return Attribution(
-            v, v[:, segments].float(), 0, torch.zeros(len(targets), dtype=torch.long)
-        )
+        def method_params(self) -> dict:
+            return {"scale": self.options.scale}
+
+        def attribute(
+            self,
+            image: Tensor,
+            targets: list[Target],
+            output: TargetOutput,
+            segments: Tensor,
+            n_segments: int,
+            reference: Tensor,
+            generator: torch.Generator,
+        ) -> Attribution:
+            h, w = segments.shape
+            ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+            area = torch.bincount(segments.flatten(), minlength=n_segments).double()
+            values = []
+            for t in targets:
+                x1, y1, x2, y2 = t.box
+                inside = ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).flatten().double()
+                share = torch.bincount(segments.flatten(), inside, minlength=n_segments) / area
+                values.append(self.options.scale * share)
+            v = torch.stack(values)
+            return Attribution(
+                v, v[:, segments].float(), 0, torch.zeros(len(targets), dtype=torch.long)
+            )
+
+    yield BoxShareExplainer.name
+    EXPLAINERS.unregister(BoxShareExplainer.name)
 
 
 def _expected(segments: np.ndarray, box: tuple[float, ...], scale: float) -> np.ndarray:
@@ -75,7 +83,9 @@ def _expected(segments: np.ndarray, box: tuple[float, ...], scale: float) -> np.
     return scale * np.bincount(segments.ravel(), inside.ravel(), m) / np.bincount(segments.ravel())
 
 
-def test_a_toy_explainer_is_one_class_and_runs_through_e2x_explain(tmp_path, tiny_benchmark):
+def test_a_toy_explainer_is_one_class_and_runs_through_e2x_explain(
+    tmp_path, tiny_benchmark, toy_method
+):
     from e2x_cli.main import main
 
     out = tmp_path / "run"
@@ -113,7 +123,7 @@ def test_a_toy_explainer_is_one_class_and_runs_through_e2x_explain(tmp_path, tin
         np.testing.assert_allclose(r.values, _expected(segments, box, 2.0), atol=1e-9)
 
 
-def test_the_config_takes_method_choices_and_options_from_the_registry():
+def test_the_config_takes_method_choices_and_options_from_the_registry(toy_method):
     cfg = load_config(None, ["explain.methods=[e2x,toy_box_share]"])
     assert cfg.explain.methods == ["e2x", "toy_box_share"]
     with pytest.raises(ConfigError, match="unknown explanation method 'nope'.*toy_box_share"):
@@ -122,6 +132,9 @@ def test_the_config_takes_method_choices_and_options_from_the_registry():
         load_config(None, ["explain.options={toy_box_share: {scal: 2}}"])
     with pytest.raises(ConfigError, match="unknown architecture 'yolo'"):
         load_config(None, ["model.arch=yolo"])
+    EXPLAINERS.unregister("toy_box_share")
+    with pytest.raises(ConfigError, match="unknown explanation method 'toy_box_share'"):
+        load_config(None, ["explain.methods=[toy_box_share]"])
 
 
 def test_missing_stage_output_names_the_command(tmp_path):
