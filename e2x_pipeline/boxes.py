@@ -1,11 +1,15 @@
-"""Box geometry on numpy arrays: the COCO ``[x, y, width, height]`` to ``xyxy`` conversion and
-pairwise IoU with COCO's crowd rule. Boxes are ``xyxy`` in image pixels unless named ``xywh``."""
+"""Box geometry: the COCO ``[x, y, width, height]`` to ``xyxy`` conversion, pairwise IoU with
+COCO's crowd rule (numpy), and the broadcast IoU the explainers and detectors use to follow a
+box across perturbed inputs (torch, differentiable). Boxes are ``xyxy`` in image pixels unless
+named ``xywh``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
 
 
 def xywh_to_xyxy(bbox: Sequence[float]) -> list[float]:
@@ -33,3 +37,17 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) 
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
     return iou
+
+
+def broadcast_iou(a: Tensor, b: Tensor, eps: float = 1e-9) -> Tensor:
+    """IoU of ``a[..., 4]`` with ``b[..., 4]`` (xyxy) under broadcasting: |a∩b| / |a∪b|.
+
+    Differentiable in both. The union is floored at ``eps`` so zero-area padding boxes give 0,
+    not NaN; a non-finite box gives NaN, which matches nothing.
+    """
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a + area_b - inter).clamp(min=eps)

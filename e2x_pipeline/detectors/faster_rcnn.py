@@ -33,24 +33,9 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from ..boxes import broadcast_iou
 from .base import BOX_COORDS, DenseOutput, Detections, Detector, Target, TargetOutput
 from .builders import build_torchvision
-
-
-def aligned_iou(boxes: Tensor, ref: Tensor) -> Tensor:
-    """IoU of ``boxes[..., t, :]`` with ``ref[t]`` (``[..., T, 4]`` vs ``[T, 4]``), xyxy.
-
-    Differentiable in ``boxes``. The union is floored at a tiny area so zero-area padding boxes
-    give 0, not NaN.
-    """
-    lt = torch.maximum(boxes[..., :2], ref[..., :2])
-    rb = torch.minimum(boxes[..., 2:], ref[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_b = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
-        min=0
-    )
-    area_r = (ref[..., 2] - ref[..., 0]) * (ref[..., 3] - ref[..., 1])
-    return inter / (area_b + area_r - inter).clamp(min=1e-6)
 
 
 class FasterRCNNDetector(Detector):
@@ -161,7 +146,7 @@ class FasterRCNNDetector(Detector):
         lab = torch.tensor([t.label for t in targets], device=dev)
         ref = torch.tensor([t.box for t in targets], device=dev, dtype=d.boxes.dtype)  # [T, 4]
         boxes = d.boxes[:, :, lab]  # [B, P, T, 4]
-        similarity = aligned_iou(boxes, ref) * d.probs[:, :, lab]  # [B, P, T]
+        similarity = broadcast_iou(boxes, ref, eps=1e-6) * d.probs[:, :, lab]  # [B, P, T]
         best, arg = similarity.max(dim=1)
         if output == "score":
             return best

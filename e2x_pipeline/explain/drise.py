@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ..boxes import broadcast_iou
 from ..detectors.base import Target, TargetOutput
 from .base import Attribution, Explainer
 from .superpixels import superpixel_aggregate
@@ -42,13 +43,7 @@ def batched_iou(boxes: Tensor, targets: Tensor) -> Tensor:
     Class-specific boxes (Faster R-CNN) come already picked per target as ``[B, A, T, 4]``.
     """
     b = boxes if boxes.dim() == 4 else boxes.unsqueeze(2)
-    t = targets.view(1, 1, -1, 4)
-    lt = torch.maximum(b[..., :2], t[..., :2])
-    rb = torch.minimum(b[..., 2:], t[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    area_t = (t[..., 2:] - t[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_b + area_t - inter).clamp(min=1e-9)
+    return broadcast_iou(b, targets.view(1, 1, -1, 4))
 
 
 def drise_masks(

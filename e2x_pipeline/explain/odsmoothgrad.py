@@ -67,6 +67,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ..boxes import broadcast_iou
 from ..detectors.base import BOX_COORDS, DenseOutput, Target, TargetOutput
 from .base import Attribution, Explainer, Explanation, path_gradients
 from .superpixels import superpixel_aggregate
@@ -80,18 +81,6 @@ def noise_copies(image: Tensor, n: int, sigma: float, generator: torch.Generator
         (n, *image.shape), generator=generator, device=image.device, dtype=image.dtype
     )
     return eps * sigma
-
-
-def row_iou(boxes: Tensor, ref: Tensor) -> Tensor:
-    """IoU ``[B, A]`` of every candidate box ``[B, A, 4]`` with its row's box ``ref`` ``[B, 4]``
-    (xyxy). A non-finite box gives NaN, so it matches nothing."""
-    r = ref.unsqueeze(1)
-    lt = torch.maximum(boxes[..., :2], r[..., :2])
-    rb = torch.minimum(boxes[..., 2:], r[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_b = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
-    area_r = (r[..., 2:] - r[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_b + area_r - inter).clamp(min=1e-9)
 
 
 def matched_outputs(
@@ -112,7 +101,7 @@ def matched_outputs(
     boxes = dense.boxes[rows, :, labels] if dense.boxes.dim() == 4 else dense.boxes  # [B, A, 4]
     scores = dense.scores[rows, :, labels]  # [B, A]
     with torch.no_grad():
-        ok = row_iou(boxes.float(), ref_boxes.float()) >= min_iou
+        ok = broadcast_iou(boxes.float(), ref_boxes.float().unsqueeze(1)) >= min_iou
         s = scores.float()
         # A NaN score among the matches wins, so that a non-finite output is reported as non-finite
         # (the target becomes invalid) rather than silently stepped over.
