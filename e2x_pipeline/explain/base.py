@@ -105,6 +105,7 @@ class Attribution:
     passes: int  # images through the model for all T targets together
     bad: Tensor  # [T] count of samples whose output (or gradient) was not finite
     details: list[dict[str, Any]] | None = None
+    reasons: list[str] | None = None  # per target, why it is invalid ("" = the generic reason)
 
 
 def path_gradients(
@@ -324,6 +325,8 @@ class Explainer(ABC):
             reason = "" if ok else "non-finite attribution"
             if bad[t]:
                 reason = f"non-finite model output or gradient in {int(bad[t])} sample(s)"
+            if not ok and att.reasons and att.reasons[t]:
+                reason = att.reasons[t]
             out.append(
                 Explanation(
                     target=target,

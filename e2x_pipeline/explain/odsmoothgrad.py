@@ -62,14 +62,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from ..boxes import broadcast_iou
 from ..detectors.base import BOX_COORDS, DenseOutput, Target, TargetOutput
-from .base import Attribution, Explainer, Explanation, path_gradients
+from .base import Attribution, Explainer, path_gradients
 from .superpixels import superpixel_aggregate
 
 
@@ -156,35 +155,6 @@ class ODSmoothGradExplainer(Explainer):
             params["match_iou"] = o.match_iou
         return params
 
-    def explain(
-        self,
-        image: Tensor,
-        targets: list[Target],
-        output: TargetOutput = "score",
-        *,
-        segments: np.ndarray | Tensor | None = None,
-        reference: Tensor | None = None,
-        candidate_ids: list[str] | None = None,
-    ) -> list[Explanation]:
-        exps = super().explain(
-            image,
-            targets,
-            output,
-            segments=segments,
-            reference=reference,
-            candidate_ids=candidate_ids,
-        )
-        # A target whose every copy was dropped is marked through ``bad`` (the base class's only
-        # per-target invalid flag), so its generic reason says "non-finite". Say what happened.
-        for exp in exps:
-            d = exp.details
-            if d.get("kept_copies") == 0 and d.get("non_finite_copies", 0) == 0:
-                exp.reason = (
-                    f"the detection was lost: in none of the {d['dropped_copies']} noisy copies "
-                    f"did a candidate match the box at IoU >= {self.options.match_iou}"
-                )
-        return exps
-
     def attribute(
         self,
         image: Tensor,
@@ -221,14 +191,22 @@ class ODSmoothGradExplainer(Explainer):
                 }
                 for b in bad.tolist()
             ]
+            reasons = None
         else:
             grad, bad, passes, details = self._iou_gradients(image, targets, output, inputs)
+            reasons = [
+                f"the detection was lost: in none of the {d['dropped_copies']} noisy copies did "
+                f"a candidate match the box at IoU >= {o.match_iou}"
+                if d["kept_copies"] == 0 and d["non_finite_copies"] == 0
+                else ""
+                for d in details
+            ]
         if o.map == "gradient_x_input":
             pixel = (image.unsqueeze(0) * grad).sum(dim=1)  # [T, H, W]
         else:
             pixel = grad.abs().sum(dim=1)
         values = superpixel_aggregate(pixel, segments, n_segments, self.cfg.aggregate)
-        return Attribution(values, pixel, passes, bad, details)
+        return Attribution(values, pixel, passes, bad, details, reasons)
 
     def _iou_gradients(
         self,
