@@ -71,12 +71,6 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def __len__(self) -> int:
-        return len(self.names())
-
-    def items(self) -> list[tuple[str, T]]:
-        return [(n, self._items[n]) for n in self.names()]
-
 
 def _qualname(item: Any) -> str:
     return f"{getattr(item, '__module__', '?')}.{getattr(item, '__qualname__', item)}"

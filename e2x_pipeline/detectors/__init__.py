@@ -26,8 +26,6 @@ __all__ = [
     "load_checkpoint",
 ]
 
-FAMILIES = ARCHITECTURES  # the registry's table (e2x_pipeline.registry)
-
 
 def build_detector(
     arch: str,
@@ -37,9 +35,11 @@ def build_detector(
     device: str = "cpu",
 ) -> Detector:
     """A Detector of family ``arch`` for ``classes`` (``classes[0]`` is the background)."""
-    if arch not in FAMILIES:
-        raise ValueError(f"unknown model.arch {arch!r}; choose one of {sorted(FAMILIES)} or custom")
-    build_mod, det_mod, cls_name = FAMILIES[arch]
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown model.arch {arch!r}; choose one of {sorted(ARCHITECTURES)} or custom"
+        )
+    build_mod, det_mod, cls_name = ARCHITECTURES[arch]
     model = importlib.import_module(f"{__name__}.{build_mod}").build(
         arch, len(classes), image_size, weights
     )

@@ -69,7 +69,8 @@ def compact_ssd(num_classes: int, image_size: int = 128) -> SSD:
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> SSD:
-    """Registry builder (see ``detectors.FAMILIES``). The compact SSD has no pretrained weights."""
+    """Registry builder (see ``registry.ARCHITECTURES``); the compact SSD has no pretrained
+    weights."""
     if weights is not None:
         raise ValueError("compact_ssd has no pretrained weights; train it with 'e2x train'")
     return compact_ssd(num_classes, image_size)

@@ -162,7 +162,7 @@ _ARCHS = (
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FasterRCNN:
-    """Registry builder (see ``detectors.FAMILIES``); ``num_classes`` counts the background."""
+    """Registry builder (see ``registry.ARCHITECTURES``); ``num_classes`` counts the background."""
     if arch not in _ARCHS:
         raise ValueError(f"faster_rcnn.build makes {list(_ARCHS)}, not {arch!r}")
     return build_torchvision(arch, num_classes, image_size, weights)

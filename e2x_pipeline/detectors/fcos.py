@@ -58,7 +58,7 @@ class FCOSDetector(PerLevelDetector):
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FCOS:
-    """Registry builder (see ``detectors.FAMILIES``); ``num_classes`` counts the background."""
+    """Registry builder (see ``registry.ARCHITECTURES``); ``num_classes`` counts the background."""
     if arch != "fcos_resnet50_fpn":
         raise ValueError(f"fcos.build makes ['fcos_resnet50_fpn'], not {arch!r}")
     return build_torchvision(arch, num_classes, image_size, weights)

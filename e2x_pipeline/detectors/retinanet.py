@@ -54,7 +54,7 @@ _ARCHS = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> RetinaNet:
-    """Registry builder (see ``detectors.FAMILIES``); ``num_classes`` counts the background."""
+    """Registry builder (see ``registry.ARCHITECTURES``); ``num_classes`` counts the background."""
     if arch not in _ARCHS:
         raise ValueError(f"retinanet.build makes {list(_ARCHS)}, not {arch!r}")
     return build_torchvision(arch, num_classes, image_size, weights)

@@ -77,7 +77,7 @@ _NATIVE_SIZE = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> SSD:
-    """Registry builder (see ``detectors.FAMILIES``) for torchvision's SSD300-VGG16 and SSDlite320.
+    """Registry builder (``registry.ARCHITECTURES``) for torchvision's SSD300-VGG16 and SSDlite320.
 
     ``num_classes`` counts the background. Without ``weights`` the model is randomly initialised
     (no pretrained backbone either, so nothing is downloaded). ``weights`` names torchvision
