@@ -4,9 +4,13 @@
   ``bias + sum_i coef[a, c, i] * mean of superpixel i`` (mean over its pixels and channels), and
   its box coordinates move linearly with the same features. For such a model the exact Shapley
   value of superpixel i (and LIME's regression coefficient) is ``coef[a, c, i] * (mean_i(x) -
-  mean_i(ref))``. Classes listed in ``nan_labels`` output NaN.
+  mean_i(ref))``. Classes listed in ``nan_labels`` output NaN. Its one feature map (for ODAM) is
+  the channel mean A_p = mean_c x_{c,p}; since the score is linear in A with weight
+  ``coef[a, c, seg(p)] / |seg(p)|``, ODAM's map before the ReLU is that weight times A_p, and
+  its sum over superpixel i is ``coef[a, c, i] * mean_i(x)``.
 * :class:`SmoothConvDetector` -- a small smooth (tanh / sigmoid) convolutional "detector" with
-  fixed candidate regions, for IG completeness, batching and the Captum oracle.
+  fixed candidate regions, for IG completeness, batching and the Captum oracle. Its feature map
+  (for ODAM) is the output of its convolutions, read by every candidate.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from e2x_pipeline.detectors.base import DenseOutput, Detections, Detector
+from e2x_pipeline.detectors.base import DenseOutput, Detections, Detector, FeatureDense
 
 
 class LinearSuperpixelDetector(Detector):
@@ -48,8 +52,12 @@ class LinearSuperpixelDetector(Detector):
         return images.mean(1).flatten(1) @ self.avg
 
     def dense(self, images: Tensor) -> DenseOutput:
+        return self.dense_with_features(images).dense
+
+    def dense_with_features(self, images: Tensor) -> FeatureDense:
         images = self._batch(images)
-        f = self.features(images)
+        a = images.mean(1, keepdim=True)  # [B, 1, H, W], the one feature map
+        f = a.flatten(1) @ self.avg
         scores = self.bias + torch.einsum("bm,acm->bac", f, self.coef)
         if self.nan_labels:
             bad = torch.zeros(scores.shape[-1], dtype=torch.bool)
@@ -57,7 +65,8 @@ class LinearSuperpixelDetector(Detector):
             scores = torch.where(bad, torch.full_like(scores, float("nan")), scores)
         boxes = self.base_boxes + torch.einsum("bm,akm->bak", f, self.box_coef)
         probs = torch.softmax(torch.nan_to_num(scores), dim=-1)
-        return DenseOutput(boxes=boxes, scores=scores, probs=probs)
+        dense = DenseOutput(boxes=boxes, scores=scores, probs=probs)
+        return FeatureDense(dense, [a], [boxes.shape[1]], [tuple(a.shape[-2:])])
 
     @torch.no_grad()
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
@@ -98,6 +107,9 @@ class SmoothConvDetector(Detector):
         self.wbox = torch.randn(4, 8, generator=g)
 
     def dense(self, images: Tensor) -> DenseOutput:
+        return self.dense_with_features(images).dense
+
+    def dense_with_features(self, images: Tensor) -> FeatureDense:
         images = self._batch(images)
         feat = self.model(images)  # [B, 8, H, W]
         pooled = torch.einsum("bfhw,ahw->baf", feat, self.regions)
@@ -105,9 +117,10 @@ class SmoothConvDetector(Detector):
         scores = torch.sigmoid(logits)
         boxes = self.boxes + 2.0 * torch.tanh(pooled @ self.wbox.T)
         objectness = torch.sigmoid(pooled.sum(-1))
-        return DenseOutput(
+        dense = DenseOutput(
             boxes=boxes, scores=scores, probs=torch.softmax(logits, -1), objectness=objectness
         )
+        return FeatureDense(dense, [feat], [boxes.shape[1]], [tuple(feat.shape[-2:])])
 
     @torch.no_grad()
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:

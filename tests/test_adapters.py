@@ -162,6 +162,31 @@ def test_target_outputs_backpropagate_to_input(run: Run) -> None:
     torch.testing.assert_close(y1[0], got.boxes[top, 1], **TOL)
 
 
+def test_feature_targets_read_exactly_their_own_level(run: Run) -> None:
+    """(d) ODAM's feature map: ``feature_targets`` gives the same outputs as ``target_outputs``,
+    and each target's output depends on its own level's map and on no other one. A wrong level
+    (an off-by-one in the level sizes, the wrong LevelMapper) has zero gradient and fails."""
+    got = run.got[0]
+    x = run.x[:1]
+    targets = [
+        Target(int(got.candidates[i]), int(got.labels[i]), tuple(got.boxes[i].tolist()))
+        for i in got.scores.argsort(descending=True)[:4]
+    ]
+    ft = run.det.feature_targets(x, targets)
+    with torch.no_grad():
+        torch.testing.assert_close(ft.outputs, run.det.target_outputs(x, targets), **TOL)
+    assert len(ft.levels) == len(targets) and len(ft.extents) == len(ft.features)
+    for (rows, cols), f in zip(ft.extents, ft.features, strict=True):
+        assert 0 < rows <= f.shape[-2] and 0 < cols <= f.shape[-1]
+    for t, level in enumerate(ft.levels):
+        grads = torch.autograd.grad(
+            ft.outputs[0, t], ft.features, retain_graph=True, allow_unused=True
+        )
+        norms = [0.0 if g is None else float(g.abs().sum()) for g in grads]
+        assert norms[level] > 0, (t, level, norms)
+        assert sum(norms) == norms[level], (t, level, norms)
+
+
 # ---- Faster R-CNN soft target -------------------------------------------------------------
 
 

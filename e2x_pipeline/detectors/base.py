@@ -10,9 +10,16 @@ exposes two views of the same model:
   anchor index for anchor-based families), such that
   ``dense(x).scores[b, candidate, label] == score`` and ``dense(x).boxes[b, candidate] == box``.
 
-Explainers only call :meth:`Detector.target_outputs`, which gathers one scalar per (image,
-target) from the dense view. Families whose candidates move with the input (Faster R-CNN)
-override it with a soft target.
+Explainers call :meth:`Detector.target_outputs`, which gathers one scalar per (image, target)
+from the dense view. Families whose candidates move with the input (Faster R-CNN) override it
+with a soft target. Feature-map methods (ODAM) call :meth:`Detector.feature_targets`, which
+returns the same outputs together with the feature map each target is read from; which map that
+is, is the family's choice, documented on its adapter:
+
+* SSD (compact SSD, SSD300, SSDlite): the backbone map the candidate's anchor sits on;
+* RetinaNet, FCOS: the FPN level the candidate's anchor (or location) belongs to;
+* Faster R-CNN: the FPN level torchvision's ``MultiScaleRoIAlign`` pooled the matched proposal
+  from (its ``LevelMapper``, Lin et al. 2017 eq. 1).
 
 Conventions: images are float tensors in [0, 1], shape ``[3, H, W]`` (or a batch
 ``[B, 3, H, W]``); boxes are ``x1, y1, x2, y2`` in input-image pixels; ``label`` indexes
@@ -58,6 +65,57 @@ class DenseOutput:
     scores: Tensor  # [B, A, C] the family's detection score per class (what detect() thresholds)
     probs: Tensor  # [B, A, C] class probabilities (softmax or sigmoid)
     objectness: Tensor | None = None  # [B, A] where the family has one (FCOS centerness)
+
+
+@dataclass
+class FeatureDense:
+    """A dense view together with the feature maps the head read it from (for ODAM).
+
+    ``features[l]`` is ``[B, C_l, h_l, w_l]`` and is in the autograd graph of ``dense``;
+    ``level_sizes[l]`` counts the candidates read from level ``l`` (candidates are concatenated
+    level by level, finest first); ``extents[l]`` is the ``(rows, cols)`` of map ``l`` that cover
+    the image (the rest is the transform's batch padding), so that the covering part maps
+    linearly onto the input image.
+    """
+
+    dense: DenseOutput
+    features: list[Tensor]
+    level_sizes: list[int]
+    extents: list[tuple[int, int]]
+
+
+@dataclass
+class FeatureTargets:
+    """Target outputs ``[B, T]`` and, per target, the feature map they are read from."""
+
+    outputs: Tensor  # [B, T], in the autograd graph of ``features``
+    features: list[Tensor]  # per level [B, C_l, h_l, w_l]
+    levels: list[int]  # [T] the level of each target
+    extents: list[tuple[int, int]]  # per level: rows, cols covering the image
+
+
+def covering_extents(
+    features: list[Tensor], padded_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """``(rows, cols)`` of each map that cover an ``image_hw`` image inside the ``padded_hw``
+    batch tensor the backbone saw: ``round(h_l * ih / ph)``, ``round(w_l * iw / pw)``."""
+    (ph, pw), (ih, iw) = padded_hw, image_hw
+    return [
+        (max(1, round(f.shape[-2] * ih / ph)), max(1, round(f.shape[-1] * iw / pw)))
+        for f in features
+    ]
+
+
+def levels_of(candidates: list[int], level_sizes: list[int]) -> list[int]:
+    """The level each candidate index falls in, for candidates concatenated level by level."""
+    bounds = torch.tensor(level_sizes).cumsum(0)
+    cand = torch.tensor(candidates)
+    if (cand < 0).any() or (cand >= bounds[-1]).any():
+        raise ValueError(
+            f"candidate indices {candidates} out of range 0..{int(bounds[-1]) - 1}: a feature map "
+            "is found from a candidate index, so a target needs one (candidate -1 has none)"
+        )
+    return torch.bucketize(cand, bounds, right=True).tolist()
 
 
 @dataclass(frozen=True)
@@ -135,14 +193,40 @@ class Detector(ABC):
         image_list, _ = m.transform(list(images))
         feats = m.backbone(image_list.tensors)
         feats = [feats] if isinstance(feats, Tensor) else list(feats.values())
-        ph, pw = image_list.tensors.shape[-2:]
-        ih, iw = image_list.image_sizes[0]
-        out = []
-        for f in feats:
-            h = max(1, round(f.shape[-2] * ih / ph))
-            w = max(1, round(f.shape[-1] * iw / pw))
-            out.append(f[..., :h, :w])
-        return out
+        extents = covering_extents(
+            feats, tuple(image_list.tensors.shape[-2:]), tuple(image_list.image_sizes[0])
+        )
+        return [f[..., :h, :w] for f, (h, w) in zip(feats, extents, strict=True)]
+
+    def dense_with_features(self, images: Tensor) -> FeatureDense:
+        """:meth:`dense` plus the feature maps it was computed from (see :class:`FeatureDense`).
+
+        Families that support ODAM override this; the base class has no feature maps to give.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose the feature maps its head reads; override "
+            "dense_with_features() (or feature_targets()) to explain it with ODAM"
+        )
+
+    def feature_targets(
+        self, images: Tensor, targets: list[Target], output: TargetOutput = "score"
+    ) -> FeatureTargets:
+        """What :meth:`target_outputs` returns, plus the feature map each target is read from.
+
+        For families with a fixed candidate set this is the level the candidate index falls in
+        (:func:`levels_of` over :attr:`FeatureDense.level_sizes`), and the outputs are gathered
+        from the same dense view as :meth:`target_outputs`.
+        """
+        fd = self.dense_with_features(self._batch(images))
+        d = fd.dense
+        cand = torch.tensor([t.candidate for t in targets], device=d.scores.device)
+        levels = levels_of([t.candidate for t in targets], fd.level_sizes)
+        if output == "score":
+            lab = torch.tensor([t.label for t in targets], device=d.scores.device)
+            outputs = d.scores[:, cand, lab]
+        else:
+            outputs = d.boxes[:, cand, BOX_COORDS[output]]
+        return FeatureTargets(outputs, fd.features, levels, fd.extents)
 
     def target_outputs(
         self, images: Tensor, targets: list[Target], output: TargetOutput = "score"

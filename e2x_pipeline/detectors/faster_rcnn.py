@@ -23,9 +23,16 @@ and decodes a class-specific box ``box[i, c]`` from the proposal.
   R-CNN has no objectness at this stage, and with a one-hot target the cosine becomes
   ``p_i[c_t] / ||p_i||``. Using ``p_i[c_t]`` itself keeps the target in [0, 1] and makes it at
   least the detection's own score on the clean image, where its own proposal has IoU 1.
+
+ODAM's feature map (:meth:`FasterRCNNDetector.feature_targets`): the box head reads a proposal
+from ONE FPN level, the one torchvision's ``MultiScaleRoIAlign`` assigns it by its size
+(``LevelMapper``: k = floor(4 + log2(sqrt(wh) / 224)), Lin et al. 2017 eq. 1). A target is
+explained on the level of the proposal its soft target matched.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +41,16 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 from ..boxes import broadcast_iou
-from .base import BOX_COORDS, DenseOutput, Detections, Detector, Target, TargetOutput
+from .base import (
+    BOX_COORDS,
+    DenseOutput,
+    Detections,
+    Detector,
+    FeatureTargets,
+    Target,
+    TargetOutput,
+    covering_extents,
+)
 from .builders import build_torchvision
 
 
@@ -52,6 +68,14 @@ class FasterRCNNDetector(Detector):
     def _per_image(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Per image: class probabilities ``[P, C]``, class-specific boxes ``[P, C, 4]`` in the
         model's resized frame (where torchvision thresholds and runs NMS) and in input pixels."""
+        probs, model_boxes, boxes, _ = self._forward(images)
+        return probs, model_boxes, boxes
+
+    def _forward(
+        self, images: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], dict[str, Any]]:
+        """:meth:`_per_image` plus what ODAM needs: the FPN maps, the proposals (model frame)
+        and the padded and image sizes the backbone saw."""
         images = self._batch(images)
         m: FasterRCNN = self.model
         orig_hw = images.shape[-2:]
@@ -75,15 +99,16 @@ class FasterRCNNDetector(Detector):
             probs.append(s)
             model_boxes.append(b)
             boxes.append(resize_boxes(b.reshape(-1, 4), size, orig_hw).reshape(b.shape))
-        return probs, model_boxes, boxes
+        extra = {
+            "features": features,
+            "proposals": proposals,
+            "padded_hw": tuple(image_list.tensors.shape[-2:]),
+            "image_hw": tuple(image_list.image_sizes[0]),
+        }
+        return probs, model_boxes, boxes, extra
 
-    def dense(self, images: Tensor) -> DenseOutput:
-        """Every post-RPN proposal: class probabilities ``[B, P, C]``, boxes ``[B, P, C, 4]``.
-
-        ``scores`` and ``probs`` are the same softmax. Padding proposals (zero box, zero
-        probability) fill images with fewer than ``P`` proposals.
-        """
-        probs, _, boxes = self._per_image(images)
+    @staticmethod
+    def _padded(probs: list[Tensor], boxes: list[Tensor]) -> DenseOutput:
         n = max(p.shape[0] for p in probs)
         probs_t = torch.stack(
             [torch.nn.functional.pad(p, (0, 0, 0, n - p.shape[0])) for p in probs]
@@ -92,6 +117,15 @@ class FasterRCNNDetector(Detector):
             [torch.nn.functional.pad(b, (0, 0, 0, 0, 0, n - b.shape[0])) for b in boxes]
         )
         return DenseOutput(boxes=boxes_t, scores=probs_t, probs=probs_t)
+
+    def dense(self, images: Tensor) -> DenseOutput:
+        """Every post-RPN proposal: class probabilities ``[B, P, C]``, boxes ``[B, P, C, 4]``.
+
+        ``scores`` and ``probs`` are the same softmax. Padding proposals (zero box, zero
+        probability) fill images with fewer than ``P`` proposals.
+        """
+        probs, _, boxes = self._per_image(images)
+        return self._padded(probs, boxes)
 
     @torch.no_grad()
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
@@ -134,6 +168,12 @@ class FasterRCNNDetector(Detector):
         gradient to the arg-max; proposals themselves are not differentiated, as in torchvision's
         RPN).
         """
+        return self._soft_target(self.dense(self._batch(images)), targets, output)[0]
+
+    def _soft_target(
+        self, d: DenseOutput, targets: list[Target], output: TargetOutput
+    ) -> tuple[Tensor, Tensor]:
+        """The soft target ``[B, T]`` and the index of the proposal it matched ``[B, T]``."""
         missing = [i for i, t in enumerate(targets) if t.box is None]
         if missing:
             raise ValueError(
@@ -141,7 +181,6 @@ class FasterRCNNDetector(Detector):
                 " a target is matched by its clean detection's box; build Target(candidate, label,"
                 " box=detection box)"
             )
-        d = self.dense(self._batch(images))
         dev = d.probs.device
         lab = torch.tensor([t.label for t in targets], device=dev)
         ref = torch.tensor([t.box for t in targets], device=dev, dtype=d.boxes.dtype)  # [T, 4]
@@ -149,9 +188,25 @@ class FasterRCNNDetector(Detector):
         similarity = broadcast_iou(boxes, ref, eps=1e-6) * d.probs[:, :, lab]  # [B, P, T]
         best, arg = similarity.max(dim=1)
         if output == "score":
-            return best
+            return best, arg
         coord = boxes[..., BOX_COORDS[output]]  # [B, P, T]
-        return coord.gather(1, arg.unsqueeze(1)).squeeze(1)
+        return coord.gather(1, arg.unsqueeze(1)).squeeze(1), arg
+
+    def feature_targets(
+        self, images: Tensor, targets: list[Target], output: TargetOutput = "score"
+    ) -> FeatureTargets:
+        """The soft targets and, per target, the FPN level its matched proposal was pooled from
+        on the first image (see the module docstring); ODAM explains one image at a time."""
+        probs, _, boxes, extra = self._forward(self._batch(images))
+        outputs, arg = self._soft_target(self._padded(probs, boxes), targets, output)
+        pool = self.model.roi_heads.box_roi_pool
+        # The maps MultiScaleRoIAlign pools from, in its order: those of the backbone's outputs
+        # it names (the MobileNet FPN gives '0', '1' and 'pool' for names '0'..'3').
+        features = [f for k, f in extra["features"].items() if k in pool.featmap_names]
+        matched = extra["proposals"][0][arg[0]]  # [T, 4] in the model's frame
+        levels = pool.map_levels([matched.detach()]).flatten().tolist()
+        extents = covering_extents(features, extra["padded_hw"], extra["image_hw"])
+        return FeatureTargets(outputs, features, [int(v) for v in levels], extents)
 
 
 _ARCHS = (

@@ -41,7 +41,8 @@ class FCOSDetector(PerLevelDetector):
         images = self._batch(images)
         m: FCOS = self.model
         orig_hw = images.shape[-2:]
-        head, anchors, sizes, level_sizes = head_levels(m, images)
+        hl = head_levels(m, images)
+        head, anchors, sizes = hl.head, hl.anchors, hl.image_sizes
         probs = torch.sigmoid(head["cls_logits"])
         centerness = torch.sigmoid(head["bbox_ctrness"])  # [B, A, 1]
         # Same expression as torchvision's so the scores agree to the last bit.
@@ -54,7 +55,7 @@ class FCOSDetector(PerLevelDetector):
         dense = DenseOutput(
             boxes=torch.stack(boxes), scores=scores, probs=probs, objectness=centerness[..., 0]
         )
-        return LevelledDense(dense, torch.stack(model_boxes), level_sizes)
+        return LevelledDense(dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents)
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FCOS:

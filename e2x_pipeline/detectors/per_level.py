@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
-from .base import DenseOutput, Detections, Detector
+from .base import DenseOutput, Detections, Detector, FeatureDense, covering_extents
 
 
 @dataclass
@@ -25,6 +25,8 @@ class LevelledDense:
     dense: DenseOutput
     model_boxes: Tensor  # [B, A, 4]
     level_sizes: list[int]
+    features: list[Tensor] | None = None  # the FPN maps the head read, finest first
+    extents: list[tuple[int, int]] | None = None  # rows, cols of each map covering the image
 
 
 def per_level_postprocess(
@@ -66,14 +68,22 @@ def per_level_postprocess(
     return cands[keep], labels[keep], kept_scores[keep]
 
 
-def head_levels(
-    model: nn.Module, images: Tensor
-) -> tuple[dict[str, Tensor], list[Tensor], list[tuple[int, int]], list[int]]:
-    """Transform, backbone, head and anchors of a torchvision one-stage FPN detector.
+@dataclass
+class HeadLevels:
+    """What the transform, backbone, head and anchor generator of a one-stage FPN detector
+    produce for a batch. ``level_sizes`` counts candidates per level exactly as torchvision's
+    ``forward`` recovers them; ``extents`` are the rows, cols of each map covering the image."""
 
-    Returns ``(head_outputs, anchors, image_sizes, level_sizes)`` where ``level_sizes`` counts
-    candidates per level exactly as torchvision's ``forward`` recovers them.
-    """
+    head: dict[str, Tensor]
+    anchors: list[Tensor]
+    image_sizes: list[tuple[int, int]]
+    level_sizes: list[int]
+    features: list[Tensor]
+    extents: list[tuple[int, int]]
+
+
+def head_levels(model: nn.Module, images: Tensor) -> HeadLevels:
+    """Transform, backbone, head and anchors of a torchvision one-stage FPN detector."""
     image_list, _ = model.transform(list(images))
     features = model.backbone(image_list.tensors)
     if isinstance(features, Tensor):
@@ -83,7 +93,17 @@ def head_levels(
     anchors = model.anchor_generator(image_list, features)
     hw = [f.size(2) * f.size(3) for f in features]
     per_location = head["cls_logits"].size(1) // sum(hw)
-    return head, anchors, image_list.image_sizes, [n * per_location for n in hw]
+    extents = covering_extents(
+        features, tuple(image_list.tensors.shape[-2:]), tuple(image_list.image_sizes[0])
+    )
+    return HeadLevels(
+        head,
+        anchors,
+        image_list.image_sizes,
+        [n * per_location for n in hw],
+        features,
+        extents,
+    )
 
 
 class PerLevelDetector(Detector):
@@ -96,6 +116,12 @@ class PerLevelDetector(Detector):
     def dense(self, images: Tensor) -> DenseOutput:
         """Every candidate's scores, probabilities and decoded, clipped box in input pixels."""
         return self._levelled(images).dense
+
+    def dense_with_features(self, images: Tensor) -> FeatureDense:
+        """The dense view and the FPN maps the head read (see the module docstring)."""
+        lv = self._levelled(images)
+        assert lv.features is not None and lv.extents is not None
+        return FeatureDense(lv.dense, lv.features, lv.level_sizes, lv.extents)
 
     @torch.no_grad()
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:

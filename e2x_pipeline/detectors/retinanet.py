@@ -39,7 +39,8 @@ class RetinaNetDetector(PerLevelDetector):
         images = self._batch(images)
         m: RetinaNet = self.model
         orig_hw = images.shape[-2:]
-        head, anchors, sizes, level_sizes = head_levels(m, images)
+        hl = head_levels(m, images)
+        head, anchors, sizes = hl.head, hl.anchors, hl.image_sizes
         probs = torch.sigmoid(head["cls_logits"])
         model_boxes, boxes = [], []
         for reg, anc, size in zip(head["bbox_regression"], anchors, sizes):
@@ -47,7 +48,7 @@ class RetinaNetDetector(PerLevelDetector):
             model_boxes.append(b)
             boxes.append(resize_boxes(b, size, orig_hw))
         dense = DenseOutput(boxes=torch.stack(boxes), scores=probs, probs=probs)
-        return LevelledDense(dense, torch.stack(model_boxes), level_sizes)
+        return LevelledDense(dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents)
 
 
 _ARCHS = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")

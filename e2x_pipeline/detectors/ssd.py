@@ -4,6 +4,11 @@ SSD scores a candidate (prior box / anchor) ``a`` for class ``c`` with a softmax
 ``s[a, c] = softmax(cls_logits[a])[c]``, and decodes its box from the anchor with
 ``BoxCoder(weights=(10, 10, 5, 5))``. The candidate index is the anchor index, exactly the
 prior-box index E2X's patched Caffe SSD reported (Gudovskiy et al. 2018, Sec. 4).
+
+ODAM's feature map (:meth:`SSDDetector.dense_with_features`): SSD's head reads one backbone map
+per anchor scale, and a candidate's anchor sits on exactly one of them, so a candidate is
+explained on the map its anchor sits on (candidates are concatenated map by map, finest first,
+``h_l * w_l * anchors_per_location_l`` per map).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-from .base import DenseOutput, Detections, Detector
+from .base import DenseOutput, Detections, Detector, FeatureDense, covering_extents
 
 
 class SSDDetector(Detector):
@@ -28,6 +33,10 @@ class SSDDetector(Detector):
         super().__init__(model, classes, device)
 
     def dense(self, images: Tensor) -> DenseOutput:
+        return self.dense_with_features(images).dense
+
+    def dense_with_features(self, images: Tensor) -> FeatureDense:
+        """The dense view and the backbone maps the head read (see the module docstring)."""
         images = self._batch(images)
         m: SSD = self.model
         orig_hw = images.shape[-2:]
@@ -44,7 +53,13 @@ class SSDDetector(Detector):
             b = m.box_coder.decode_single(reg, anc)
             b = box_ops.clip_boxes_to_image(b, size)
             boxes.append(resize_boxes(b, size, orig_hw))
-        return DenseOutput(boxes=torch.stack(boxes), scores=probs, probs=probs)
+        per_location = m.anchor_generator.num_anchors_per_location()
+        level_sizes = [f.shape[-2] * f.shape[-1] * a for f, a in zip(features, per_location)]
+        extents = covering_extents(
+            features, tuple(image_list.tensors.shape[-2:]), tuple(image_list.image_sizes[0])
+        )
+        dense = DenseOutput(boxes=torch.stack(boxes), scores=probs, probs=probs)
+        return FeatureDense(dense, features, level_sizes, extents)
 
     @torch.no_grad()
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
