@@ -165,6 +165,21 @@ class MetricsConfig(_Section):
     reference_lime_samples: int = Field(10000, ge=2)
     reference_pda_samples: int = Field(10, ge=1)
     """The paper's references (LIME 1000 segments K=10000; conditional PDA) for the bench."""
+    counterfactual: bool = True
+    """Counterfactual check of failures (metrics/counterfactual.py): replace the top-n blamed
+    superpixels and see whether the FN gets detected / the FP goes away."""
+    counterfactual_ns: list[int] = Field(default_factory=lambda: [1, 2, 3, 5], min_length=1)
+    counterfactual_fill: Literal["reference", "blur"] = "reference"
+    """``reference``: the explain reference; ``blur``: a blurred copy of the image."""
+    counterfactual_iou: float = Field(0.5, gt=0, le=1)
+    """IoU with the GT box (FN) or the false box (FP) that a candidate needs to count."""
+
+    @field_validator("counterfactual_ns")
+    @classmethod
+    def _positive_ns(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"counterfactual_ns must be positive superpixel counts, got {v}")
+        return sorted(set(v))
 
 
 class ClusterConfig(_Section):

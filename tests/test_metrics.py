@@ -312,6 +312,53 @@ def test_timed_detector_changes_nothing_and_counts_model_time():
 # e2x evaluate-explanations on a tiny run ---------------------------------------------------------
 
 
+def _check_counterfactual_against_detect(
+    table: pd.DataFrame, cands: pd.DataFrame, split_dir: Path, det
+) -> None:
+    """The oracle of the counterfactual columns: the detector's own post-processing
+    (``detect``, with NMS) on the image with the top-n blamed superpixels replaced by the
+    reference. At the reported smallest n the FN is detected (FP gone); with no success it is
+    still missed (still there) at the largest n."""
+    from torchvision.ops import box_iou
+
+    from e2x_pipeline.config import load_config
+    from e2x_pipeline.data.coco import load_image
+    from e2x_pipeline.explain.superpixels import make_reference
+    from e2x_pipeline.metrics.counterfactual import top_failing
+    from e2x_pipeline.stages import reference_image
+
+    cfg = load_config(split_dir.parent.parent / "run.yaml")
+    expl = pd.read_parquet(split_dir / "explanations.parquet")
+    expl = expl[expl["output"] == "score"].set_index(["candidate_id", "method"])
+    cands = cands.set_index("candidate_id")
+    threshold = cfg.mining.operating_threshold
+    failures = table[table["valid"] & table["outcome"].isin(["fn", "fp"])]
+    assert failures["counterfactual_success"].notna().all()
+    assert table.loc[table["outcome"] == "tp", "counterfactual_success"].isna().all()
+    checked = 0
+    for r in failures[failures["method"] == "e2x"].itertuples():
+        e, c = expl.loc[(r.candidate_id, r.method)], cands.loc[r.candidate_id]
+        with np.load(split_dir / e["map_file"]) as z:
+            seg = z[e["segments_key"]]
+        image = load_image(c["image_path"])
+        fill = make_reference(image, cfg.explain.reference, reference_image(cfg))[0]
+        sign = -1 if r.outcome == "fn" else 1
+        n = int(r.counterfactual_n) if r.counterfactual_success else 5
+        blamed = top_failing(np.asarray(e["values"]), sign, n)
+        if not len(blamed):
+            continue
+        mask = torch.as_tensor(np.isin(seg, blamed))
+        x = torch.where(mask, fill, image)
+        d = det.detect(x, threshold)[0]
+        box = torch.tensor([[c["box_x1"], c["box_y1"], c["box_x2"], c["box_y2"]]])
+        same = d.labels == int(c["label"])
+        hit = bool((box_iou(d.boxes[same], box)[:, 0] >= 0.5).any()) if same.any() else False
+        fixed = hit if r.outcome == "fn" else not hit
+        assert fixed == bool(r.counterfactual_success), (r.candidate_id, r.outcome, n)
+        checked += 1
+    assert checked >= 3
+
+
 def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsys):
     import yaml
 
@@ -330,10 +377,11 @@ def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsy
                 "data": {"root": str(tiny_benchmark)},
                 "model": {"checkpoint": str(fixture)},
                 "explain": {
-                    "methods": ["e2x", "drise"],
+                    "methods": ["e2x", "drise", "odam", "odsmoothgrad"],
                     "k": 4,
                     "drise_masks": 16,
                     "max_candidates": 6,
+                    "options": {"odsmoothgrad": {"n_samples": 4}},
                 },
                 "metrics": {"steps": 4, "sanity": True},
             }
@@ -352,8 +400,8 @@ def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsy
     table = pd.read_parquet(d / "explanation_metrics.parquet")
     expl = pd.read_parquet(d / "explanations.parquet")
     score = expl[expl["output"] == "score"]
-    assert len(table) == len(score.drop_duplicates(["candidate_id", "method"])) == 12
-    assert set(table["method"]) == {"e2x", "drise"}
+    assert len(table) == len(score.drop_duplicates(["candidate_id", "method"])) == 24
+    assert set(table["method"]) == {"e2x", "drise", "odam", "odsmoothgrad"}
     assert {"rho_vs_drise", "rho_vs_e2x"} <= set(table.columns)
     ok = table[table["valid"]]
     assert len(ok) >= 8
@@ -363,8 +411,11 @@ def test_evaluate_explanations_cli_on_a_tiny_run(tmp_path, tiny_benchmark, capsy
     assert ok.loc[ok["method"] == "e2x", "sanity_rho"].notna().all()
     assert set(table["region_source"]) <= {"cause", "gt", "candidate"}
     assert (table["sign"] == np.where(table["outcome"] == "fn", -1, 1)).all()
+    _check_counterfactual_against_detect(table, pd.read_parquet(d / "candidates.parquet"), d, det)
     summary = json.loads((d / "explanation_metrics.json").read_text())
-    assert summary["rows"] == 12 and set(summary["methods"]) == {"e2x", "drise"}
+    assert summary["rows"] == 24 and set(summary["methods"]) == set(table["method"])
+    cf = summary["methods"]["e2x"]["counterfactual"]
+    assert cf and set(cf) <= {"fn", "fp"} and all(0 <= v["rate"] <= 1 for v in cf.values())
     assert summary["methods"]["e2x"]["deletion_auc"]["n"] == int(ok["method"].eq("e2x").sum())
     # without planted causes (any other dataset) the regions are GT boxes (or the candidate's)
     cands = pd.read_parquet(d / "candidates.parquet")

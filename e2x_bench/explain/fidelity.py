@@ -4,7 +4,8 @@ function ``e2x evaluate-explanations`` uses) and rho against the references.
 
 Per row: wall seconds (the explanation calls, the shared SLIC counted for the superpixel
 methods), model passes, pointing hit and energy against the candidate's region, deletion and
-insertion AUC (D-RISE similarity, ``size.steps`` steps); then ``rho_<ref>`` columns, Pearson's
+insertion AUC (D-RISE similarity, ``size.steps`` steps), the counterfactual check of a failure
+(:mod:`e2x_pipeline.metrics.counterfactual`); then ``rho_<ref>`` columns, Pearson's
 rho of the pixel maps against each reference's map of the same detection.
 """
 
@@ -23,7 +24,9 @@ from e2x_pipeline.data.coco import load_image
 from e2x_pipeline.detectors.base import Detector, Target
 from e2x_pipeline.explain.superpixels import slic_segments
 from e2x_pipeline.metrics.correlation import pearson_rho
+from e2x_pipeline.metrics.counterfactual import counterfactual_check
 from e2x_pipeline.metrics.rows import perturbation_aucs, row_metrics
+from e2x_pipeline.metrics.stage import counterfactual_fill
 
 from .settings import SEGMENTS, BenchSize, Setting
 from .timing import Run, TimedDetector, run_setting
@@ -98,6 +101,19 @@ def _add_rows(
     aucs = perturbation_aucs(
         ctx.det, image, stack, targets, mcfg, mean=ctx.mean, steps=ctx.size.steps
     )
+    cf = counterfactual_check(
+        ctx.det,
+        image,
+        [e.values if e.valid else None for e in run.exps],
+        [run.segments] * len(run.exps),
+        targets,
+        list(group["outcome"]),
+        counterfactual_fill(image, mcfg, ctx.base, ctx.mean),
+        threshold=ctx.cfg.mining.operating_threshold,
+        ns=mcfg.counterfactual_ns,
+        min_iou=mcfg.counterfactual_iou,
+        batch_size=mcfg.batch_size,
+    )
     hw = (int(image.shape[1]), int(image.shape[2]))
     for i, (e, r) in enumerate(zip(run.exps, group.itertuples(), strict=True)):
         cid, valid = str(r.candidate_id), bool(e.valid)
@@ -129,6 +145,7 @@ def _add_rows(
                 "pointing_hit": pm["pointing_hit"],
                 "energy": pm["energy"],
                 **aucs[i],
+                **cf[i],
             }
         )
 

@@ -27,6 +27,8 @@ def plot(summary: list[dict[str, Any]], path: Path, result: dict[str, Any]) -> N
         "PDA": "tab:green",
         "IG": "tab:purple",
         "D-RISE": "tab:orange",
+        "ODAM": "tab:brown",
+        "ODSmoothGrad": "tab:pink",
     }
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     for ax, col, title in (
@@ -91,6 +93,8 @@ COLUMNS = [  # (header, summary key) of the settings table
     ("cause hit", "cause_hit_rate"),
     ("energy", "energy"),
     ("sanity |rho|", "sanity_abs_rho"),
+    ("counterfactual FN", "counterfactual_fn"),
+    ("counterfactual FP", "counterfactual_fp"),
 ]
 
 
@@ -171,7 +175,12 @@ def _md_definitions(size: BenchSize) -> list[str]:
         f"(zeros) / inserting (into a blurred copy) pixels in decreasing attribution, "
         f"{size.steps} steps; cause hit = pointing game of the most negative (FN) / most positive "
         "(FP) superpixel on the planted cause's region, over failures with a cause; sanity = "
-        "rho between the maps of the trained and the fully randomised detector.",
+        "rho between the maps of the trained and the fully randomised detector; counterfactual "
+        "FN / FP = share of the FNs (FPs) that replacing the n = 1, 2, 3 or 5 most negative "
+        "(positive) superpixels with the explain reference fixes: the FN is then detected "
+        "(a candidate at IoU >= 0.5 with the GT box scores >= the operating threshold) / the "
+        "FP is gone (no candidate at IoU >= 0.5 with its box does); a map with no superpixel "
+        "of that sign fails.",
         "",
         "Run the paper's size (36 detections on 18 images, paper references for all) with "
         "`e2x bench explain --full` (hours on 2 CPU cores; use `--device cuda`). Per-detection "

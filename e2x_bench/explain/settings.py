@@ -70,6 +70,10 @@ def method_settings(size: BenchSize) -> list[Setting]:
     ]
     out.append(Setting(f"ig K={IG_K}", "ig", "IG", {"k": IG_K}))
     out += [Setting(f"drise N={n}", "drise", "D-RISE", {"drise_masks": n}) for n in size.drise]
+    # the cheap end: one backward per detection (ODAM), n noisy backwards (ODSmoothGrad)
+    out.append(Setting("odam relu", "odam", "ODAM"))
+    out.append(Setting("odam signed", "odam", "ODAM", options={"relu": False}))
+    out.append(Setting("odsmoothgrad n=20", "odsmoothgrad", "ODSmoothGrad"))
     return out
 
 
@@ -122,6 +126,8 @@ WARM_UP = (
     Setting("w", "pda", "", options={"n_samples": 1}, pda_stride_mult=16),
     Setting("w", "ig", "", {"k": 4}),
     Setting("w", "drise", "", {"drise_masks": 16}),
+    Setting("w", "odam", ""),
+    Setting("w", "odsmoothgrad", "", options={"n_samples": 2}),
 )
 
 

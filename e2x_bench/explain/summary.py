@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from e2x_pipeline.metrics.counterfactual import counterfactual_rates
 from e2x_pipeline.vocab import FAILURES
 
 from .settings import Setting
@@ -34,6 +35,8 @@ def _setting_entry(s: Setting, t: pd.DataFrame, full: pd.DataFrame) -> dict[str,
     ok = t[t["valid"]]
     wall = float(t["seconds"].sum())
     cause = ok[(ok["region_source"] == "cause") & ok["outcome"].isin(list(FAILURES))]
+    cf = counterfactual_rates(ok) if "counterfactual_success" in ok else None
+    cf = cf or {}
     return {
         "setting": s.label,
         "method": s.method,
@@ -58,6 +61,9 @@ def _setting_entry(s: Setting, t: pd.DataFrame, full: pd.DataFrame) -> dict[str,
         "sanity_rho": _r(_mean(full["rho"])) if len(full) else None,
         "sanity_abs_rho": _r(_mean(np.abs(full["rho"]))) if len(full) else None,
         "sanity_spearman_abs": _r(_mean(full["spearman_abs"])) if len(full) else None,
+        "counterfactual_fn": _r(cf["fn"]["rate"]) if "fn" in cf else None,
+        "counterfactual_fp": _r(cf["fp"]["rate"]) if "fp" in cf else None,
+        "counterfactual": cf or None,
     }
 
 

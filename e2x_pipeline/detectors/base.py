@@ -35,6 +35,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..boxes import broadcast_iou
+
 TargetOutput = Literal["score", "x1", "y1", "x2", "y2"]
 BOX_COORDS: dict[str, int] = {"x1": 0, "y1": 1, "x2": 2, "y2": 3}
 
@@ -140,6 +142,38 @@ class Target:
         get = row.get if hasattr(row, "get") else lambda k: getattr(row, k)
         box = tuple(float(get(k)) for k in ("box_x1", "box_y1", "box_x2", "box_y2"))
         return cls(int(get("anchor")), int(get("label")), box)  # type: ignore[arg-type]
+
+
+def matched_outputs(
+    dense: DenseOutput,
+    ref_boxes: Tensor,
+    labels: Tensor,
+    output: TargetOutput,
+    min_iou: float,
+) -> tuple[Tensor, Tensor]:
+    """Box matching, per row b of a dense batch, each with its own target (ODSmoothGrad's
+    alignment of noisy copies, Gwon & Howell 2023; the counterfactual check).
+
+    ``ref_boxes`` ``[B, 4]`` and ``labels`` ``[B]`` belong to the target of row b. Among the
+    candidates whose box (the label's box, for class-specific boxes) has IoU >= ``min_iou`` with
+    the row's box, the one with the highest label score is picked. Returns its output ``[B]``
+    (the score or a box coordinate, differentiable) and whether anything matched ``[B]`` bool.
+    """
+    rows = torch.arange(labels.numel(), device=labels.device)
+    boxes = dense.boxes[rows, :, labels] if dense.boxes.dim() == 4 else dense.boxes  # [B, A, 4]
+    scores = dense.scores[rows, :, labels]  # [B, A]
+    with torch.no_grad():
+        ok = broadcast_iou(boxes.float(), ref_boxes.float().unsqueeze(1)) >= min_iou
+        s = scores.float()
+        # A NaN score among the matches wins, so that a non-finite output is reported as non-finite
+        # (the target becomes invalid) rather than silently stepped over.
+        key = torch.where(torch.isnan(s), torch.full_like(s, float("inf")), s)
+        key = torch.where(ok, key, torch.full_like(key, float("-inf")))
+        idx = key.argmax(dim=1)
+        matched = ok.any(dim=1)
+    if output == "score":
+        return scores[rows, idx], matched
+    return boxes[rows, idx, BOX_COORDS[output]], matched
 
 
 class Detector(ABC):

@@ -66,8 +66,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ..boxes import broadcast_iou
-from ..detectors.base import BOX_COORDS, DenseOutput, Target, TargetOutput
+from ..detectors.base import Target, TargetOutput, matched_outputs
 from .base import Attribution, Explainer, path_gradients
 from .superpixels import superpixel_aggregate
 
@@ -80,37 +79,6 @@ def noise_copies(image: Tensor, n: int, sigma: float, generator: torch.Generator
         (n, *image.shape), generator=generator, device=image.device, dtype=image.dtype
     )
     return eps * sigma
-
-
-def matched_outputs(
-    dense: DenseOutput,
-    ref_boxes: Tensor,
-    labels: Tensor,
-    output: TargetOutput,
-    min_iou: float,
-) -> tuple[Tensor, Tensor]:
-    """The paper's matching, per row b of a dense batch, each with its own target.
-
-    ``ref_boxes`` ``[B, 4]`` and ``labels`` ``[B]`` belong to the target of row b. Among the
-    candidates whose box (the label's box, for class-specific boxes) has IoU >= ``min_iou`` with
-    the row's box, the one with the highest label score is picked. Returns its output ``[B]``
-    (the score or a box coordinate, differentiable) and whether anything matched ``[B]`` bool.
-    """
-    rows = torch.arange(labels.numel(), device=labels.device)
-    boxes = dense.boxes[rows, :, labels] if dense.boxes.dim() == 4 else dense.boxes  # [B, A, 4]
-    scores = dense.scores[rows, :, labels]  # [B, A]
-    with torch.no_grad():
-        ok = broadcast_iou(boxes.float(), ref_boxes.float().unsqueeze(1)) >= min_iou
-        s = scores.float()
-        # A NaN score among the matches wins, so that a non-finite output is reported as non-finite
-        # (the target becomes invalid) rather than silently stepped over.
-        key = torch.where(torch.isnan(s), torch.full_like(s, float("inf")), s)
-        key = torch.where(ok, key, torch.full_like(key, float("-inf")))
-        idx = key.argmax(dim=1)
-        matched = ok.any(dim=1)
-    if output == "score":
-        return scores[rows, idx], matched
-    return boxes[rows, idx, BOX_COORDS[output]], matched
 
 
 class ODSmoothGradOptions(BaseModel):

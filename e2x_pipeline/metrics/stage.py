@@ -15,6 +15,10 @@ both atomically. Per row (:mod:`.rows`, shared with ``e2x bench explain``):
   the planted cause's region on the benchmark, the GT box on any other dataset, the candidate's box
   for a background FP), most negative superpixel for a FN, most positive otherwise;
 * ``deletion_auc`` / ``insertion_auc`` (:mod:`.perturbation`, through the run's detector);
+* ``counterfactual_n`` / ``counterfactual_success`` (:mod:`.counterfactual`, with
+  ``metrics.counterfactual``): for an FN or FP, the smallest n of ``metrics.counterfactual_ns``
+  for which replacing the n most blamed superpixels fixes the detection at the operating
+  threshold;
 * ``rho_vs_<m>``: Pearson's rho with method m's map of the same candidate;
 * with ``metrics.sanity``: ``sanity_rho`` against the map of a fully randomised detector, for rows
   whose settings equal the current ``explain`` config (others get NaN and a reason). Rows without
@@ -38,10 +42,12 @@ from ..data.coco import load_image
 from ..detectors.base import Detector, Target
 from ..explain.base import params_hash
 from ..explain.registry import explainer_class, get_explainer
+from ..explain.superpixels import make_reference
 from ..io_utils import safe_join, write_json, write_table
 from ..layout import SplitLayout
 from ..vocab import FAILURES
 from .correlation import pearson_rho
+from .counterfactual import counterfactual_check, counterfactual_rates
 from .rows import perturbation_aucs, row_metrics
 from .sanity import fully_randomized, map_similarity
 
@@ -62,6 +68,8 @@ METRIC_COLUMNS = (
     "insertion_auc",
     "sanity_rho",
     "sanity_spearman_abs",
+    "counterfactual_n",
+    "counterfactual_success",
     "valid",
     "reason",
 )
@@ -134,6 +142,8 @@ def _record(
         "insertion_auc": np.nan,
         "sanity_rho": np.nan,
         "sanity_spearman_abs": np.nan,
+        "counterfactual_n": np.nan,
+        "counterfactual_success": np.nan,
         "valid": bool(r.valid),
         "reason": r.reason or "",
     }
@@ -173,6 +183,45 @@ def _add_perturbation(
             img.recs[k].update(a)
 
 
+def _add_counterfactual(
+    img: _Image,
+    detector: Detector,
+    cands: pd.DataFrame,
+    cfg: MetricsConfig,
+    fill: torch.Tensor,
+    threshold: float,
+) -> None:
+    """The counterfactual check of the image's valid failure rows, one batched call."""
+    keys = [k for k, rec in img.recs.items() if rec["valid"] and rec["outcome"] in FAILURES]
+    if not keys:
+        return
+    rows = {(r.candidate_id, r.method): r for r in img.group.itertuples()}
+    res = counterfactual_check(
+        detector,
+        img.image,
+        [np.asarray(rows[k].values, dtype=np.float64) for k in keys],
+        [img.segments[rows[k].segments_key] for k in keys],
+        [Target.from_row(cands.loc[cid]) for cid, _ in keys],
+        [img.recs[k]["outcome"] for k in keys],
+        fill,
+        threshold=threshold,
+        ns=cfg.counterfactual_ns,
+        min_iou=cfg.counterfactual_iou,
+        batch_size=cfg.batch_size,
+    )
+    for k, r in zip(keys, res, strict=True):
+        img.recs[k].update(r)
+
+
+def counterfactual_fill(
+    image: torch.Tensor, cfg: MetricsConfig, explain_cfg: ExplainConfig, mean: torch.Tensor | None
+) -> torch.Tensor:
+    """What the counterfactual check fills blamed superpixels with: the explain reference, or a
+    blurred copy (``metrics.counterfactual_fill``)."""
+    kind = explain_cfg.reference if cfg.counterfactual_fill == "reference" else "blur"
+    return make_reference(image, kind, mean)[0]
+
+
 def _check_explained(rows: pd.DataFrame, cands: pd.DataFrame) -> None:
     missing = sorted(set(rows["candidate_id"]) - set(cands.index))
     if missing:
@@ -193,6 +242,7 @@ def explanation_metrics(
     explain_cfg: ExplainConfig | None = None,
     mean: torch.Tensor | None = None,
     seed: int = 0,
+    threshold: float = 0.5,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The metrics table for ``explanations`` (see the module docstring).
@@ -200,7 +250,8 @@ def explanation_metrics(
     ``detector`` is needed for deletion / insertion and the sanity check (without it those
     columns are NaN). ``causes`` are the ``causes.json`` records; without them (any dataset that
     is not the benchmark) the regions are GT boxes. ``explain_cfg``, ``mean`` and ``seed`` are the
-    settings the explanations were made with (for the sanity re-explanation).
+    settings the explanations were made with (for the sanity re-explanation and the
+    counterfactual fill); ``threshold`` is the operating threshold of the counterfactual check.
     """
     rows = _latest_score_rows(explanations)
     cands = candidates.drop_duplicates("candidate_id").set_index("candidate_id", drop=False)
@@ -222,11 +273,16 @@ def explanation_metrics(
         _add_rho(img, methods)
         if detector is not None:
             _add_perturbation(img, detector, cands, methods, cfg, mean)
+        if detector is not None and cfg.counterfactual:
+            fill = counterfactual_fill(img.image, cfg, explain_cfg, mean)
+            _add_counterfactual(img, detector, cands, cfg, fill, threshold)
         if randomized is not None:
             _sanity(randomized, img, cands, explain_cfg, mean, seed)
         out.extend(img.recs.values())
     rho_cols = [f"rho_vs_{m}" for m in methods]
     table = pd.DataFrame(out, columns=[*METRIC_COLUMNS, *rho_cols])
+    # nullable: TPs and invalid maps are not checked (NA), so that parquet keeps it boolean
+    table["counterfactual_success"] = table["counterfactual_success"].astype("boolean")
     return table.astype({"image_id": "int64", "valid": "bool", "sign": "int64"})
 
 
@@ -297,6 +353,9 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         entry["planted_cause_hit_rate"] = (
             {"mean": float(hits.mean()), "n": int(len(hits))} if len(hits) else None
         )
+        entry["counterfactual"] = (
+            counterfactual_rates(df[df["valid"]]) if "counterfactual_success" in df else None
+        )
         out[str(method)] = entry
     return out
 
@@ -314,8 +373,10 @@ def evaluate_explanations_stage(
     table_path = layout.require("explanations")
     cand_path = layout.require("candidates")
     baselines = (cfg.metrics.deletion_baseline, cfg.metrics.insertion_baseline)
-    # the dataset mean the explain stage used (the sanity re-explanation must use the same)
-    mean = reference_image(cfg) if cfg.metrics.sanity or "mean" in baselines else None
+    # the dataset mean the explain stage used (the sanity re-explanation and the counterfactual
+    # fill must use the same)
+    uses_mean = cfg.metrics.sanity or "mean" in baselines or cfg.metrics.counterfactual
+    mean = reference_image(cfg) if uses_mean else None
     with run_lock(cfg.output_dir):  # no explain run may rewrite the tables meanwhile
         explanations = pd.read_parquet(table_path)
         table = explanation_metrics(
@@ -328,6 +389,7 @@ def evaluate_explanations_stage(
             explain_cfg=cfg.explain,
             mean=mean,
             seed=cfg.seed,
+            threshold=cfg.mining.operating_threshold,
             progress=progress,
         )
         summary = {
@@ -345,13 +407,16 @@ def evaluate_explanations_stage(
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table of the summary's per-method means."""
     cols = ["pointing_hit", "energy", "deletion_auc", "insertion_auc", "sanity_rho"]
-    lines = [f"{'method':<8}{'valid':>7}" + "".join(f"{c:>15}" for c in cols) + "  cause hit"]
+    head = f"{'method':<13}{'valid':>7}" + "".join(f"{c:>15}" for c in cols)
+    lines = [head + f"  {'cause hit':<14}{'cf fn':<14}cf fp"]
     for method, e in summary["methods"].items():
         vals = [e.get(c) for c in cols]
         cells = "".join(f"{v['mean']:>15.3f}" if v else f"{'-':>15}" for v in vals)
         hit = e.get("planted_cause_hit_rate")
         hit_s = f"{hit['mean']:.2f} (n={hit['n']})" if hit else "-"
-        lines.append(f"{method:<8}{e['valid']:>7}{cells}  {hit_s}")
+        cf = e.get("counterfactual") or {}
+        cf_s = [f"{cf[o]['rate']:.2f} (n={cf[o]['n']})" if o in cf else "-" for o in FAILURES[::-1]]
+        lines.append(f"{method:<13}{e['valid']:>7}{cells}  {hit_s:<14}{cf_s[0]:<14}{cf_s[1]}")
     return "\n".join(lines)
 
 
