@@ -68,9 +68,10 @@ def test_linear_model_closed_form(image, segments, relu, output):
     ex = get_explainer("odam", det, ExplainConfig(n_segments=30), relu=relu)
     exps = ex.explain(image, targets, output, segments=segments)
     seg = torch.as_tensor(segments).long().flatten()
-    means = torch.zeros(m, dtype=torch.float64).index_add_(
-        0, seg, image.mean(0).flatten().double()
-    ) / torch.bincount(seg, minlength=m).double()
+    means = (
+        torch.zeros(m, dtype=torch.float64).index_add_(0, seg, image.mean(0).flatten().double())
+        / torch.bincount(seg, minlength=m).double()
+    )
     for t, exp in zip(targets, exps, strict=True):
         w = coef[t.candidate, t.label] if output == "score" else box_coef[t.candidate, 2]
         want = w.double() * means
@@ -156,7 +157,9 @@ def test_upsampling_keeps_the_cell_sum():
 def test_explain_image_gives_five_maps_and_needs_a_candidate(compact_ssd):
     det, x = compact_ssd
     seg = slic_segments(x, 20, 10.0)
-    exps = explain_image(det, x, [Target(7, 1)], ["odam"], ExplainConfig(n_segments=20, box_maps=True))
+    exps = explain_image(
+        det, x, [Target(7, 1)], ["odam"], ExplainConfig(n_segments=20, box_maps=True)
+    )
     assert sorted(e.output for e in exps) == ["score", "x1", "x2", "y1", "y2"]
     assert all(e.valid and e.values.shape == (int(seg.max()) + 1,) for e in exps)
     with pytest.raises(ValueError, match="candidate -1 has none"):

@@ -55,7 +55,9 @@ class FCOSDetector(PerLevelDetector):
         dense = DenseOutput(
             boxes=torch.stack(boxes), scores=scores, probs=probs, objectness=centerness[..., 0]
         )
-        return LevelledDense(dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents)
+        return LevelledDense(
+            dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents
+        )
 
 
 def build(arch: str, num_classes: int, image_size: int, weights: str | None = None) -> FCOS:

@@ -48,7 +48,9 @@ class RetinaNetDetector(PerLevelDetector):
             model_boxes.append(b)
             boxes.append(resize_boxes(b, size, orig_hw))
         dense = DenseOutput(boxes=torch.stack(boxes), scores=probs, probs=probs)
-        return LevelledDense(dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents)
+        return LevelledDense(
+            dense, torch.stack(model_boxes), hl.level_sizes, hl.features, hl.extents
+        )
 
 
 _ARCHS = ("retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
