@@ -67,6 +67,8 @@ def run_demo(cfg: E2XConfig, progress: bool = True, fiftyone: bool = True) -> in
     """Run the ``e2x-pipeline`` Prefect flow (temporary local server unless PREFECT_API_URL)."""
     from flows.pipeline import e2x_pipeline
 
-    summary = e2x_pipeline(cfg.model_dump(mode="json"), progress=progress, fiftyone=fiftyone)
+    summary = e2x_pipeline(
+        cfg.model_dump(mode="json"), progress=progress, fiftyone=fiftyone, benchmark=True
+    )
     print_summary(summary)
     return 0

@@ -112,9 +112,13 @@ def run_flow(p: argparse.ArgumentParser) -> None:
         help="where the HTML report goes: <reports-dir>/<run-id>/index.html (default: reports)",
     )
     p.add_argument(
-        "--no-benchmark",
+        "--make-benchmark",
         action="store_true",
-        help="do not generate the planted-failure benchmark (your own data in the config)",
+        help="first generate the planted-failure benchmark under data.root (an empty folder or "
+        "one it made before; never into a folder holding anything else)",
+    )
+    p.add_argument(  # the default since the benchmark is generated only on request
+        "--no-benchmark", action="store_true", help=argparse.SUPPRESS
     )
     p.add_argument(
         "--no-retrain",
@@ -167,7 +171,7 @@ def flow_parameters(cfg: E2XConfig, args: argparse.Namespace) -> dict:
         "fiftyone": not args.no_fiftyone,
         "report": not args.no_report,
         "reports_dir": str(args.reports_dir),
-        "benchmark": not args.no_benchmark,
+        "benchmark": bool(args.make_benchmark),
         "retrain": not args.no_retrain,
         "dask": dask_options(args),
     }

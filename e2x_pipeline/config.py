@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .layout import RunLayout, SplitLayout
-from .registry import ARCHITECTURES, EXPLAINERS
+from .registry import ARCHITECTURES, EXPLAINERS, NATIVE_IMAGE_SIZE
 
 
 class ConfigError(ValueError):
@@ -74,10 +74,37 @@ class ModelConfig(_Section):
     checkpoint: Path | None = None
     """A state_dict checkpoint written by ``e2x train`` (loaded with ``weights_only=True``)."""
     weights: str | None = None
-    """torchvision pretrained weights by name, e.g. ``DEFAULT``; needs network on first use."""
+    """torchvision pretrained weights: a name (e.g. ``DEFAULT``; torchvision downloads them on
+    first use) or a local file of them (a state_dict, e.g. torchvision's own download). Their
+    class list is the 91-entry COCO one unless ``model.classes`` says otherwise."""
     entrypoint: str | None = None
     """``module:function`` returning a Detector, for ``arch: custom``. Never read from data."""
-    image_size: int = Field(128, ge=32, le=2048)
+    image_size: int | None = Field(None, ge=32, le=2048)
+    """The side the model's transform resizes to (the shorter side for the FPN families).
+    Unset: the architecture's own (``registry.NATIVE_IMAGE_SIZE``: 128 for the compact SSD, 800
+    for torchvision's FPN detectors). A checkpoint's metadata wins."""
+    classes: list[str] | Literal["coco"] | None = None
+    """The model's class names in label order, index 0 the background (``__background__``), for
+    a checkpoint without E2X metadata (a bare torchvision state_dict). Checkpoint metadata wins.
+    ``coco``: torchvision's 91-entry COCO label space (``weights.meta["categories"]``), the
+    classes of its COCO-pretrained weights; ``model.weights`` implies it."""
+
+    @model_validator(mode="after")
+    def _native_size(self) -> ModelConfig:
+        if self.image_size is None and self.arch in NATIVE_IMAGE_SIZE:
+            # set once, so the training cache key sees the size that is used
+            object.__setattr__(self, "image_size", NATIVE_IMAGE_SIZE[self.arch])
+        return self
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list) and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(
+                "model.classes needs the background plus at least one class, all distinct "
+                f"(got {v!r:.120}); index 0 is the background, e.g. ['__background__', 'car']"
+            )
+        return v
 
     @field_validator("arch")
     @classmethod
@@ -333,12 +360,12 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections at the top")
         tree = loaded
-    items = (
-        overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
-    )
+    if isinstance(overrides, dict):  # programmatic: a None value means "not given"
+        items = [(k, v) for k, v in overrides.items() if v is not None]
+    else:  # --set strings: "key=null" sets null (e.g. model.checkpoint=null)
+        items = [parse_override(o) for o in overrides or []]
     for key, value in items:
-        if value is not None:
-            _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value)
     try:
         return E2XConfig.model_validate(tree)
     except ValidationError as err:
@@ -351,4 +378,9 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} was asked for, but PyTorch sees no CUDA GPU on this machine; use "
+            "--device cpu (or auto)"
+        )
     return name

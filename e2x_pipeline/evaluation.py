@@ -22,15 +22,22 @@ from .detectors.base import Detections
 
 
 def label_to_category(classes: list[str], dataset: CocoDataset) -> dict[int, int]:
-    """Model label index -> COCO category id, matched by name (``classes[0]`` is background)."""
+    """Model label index -> COCO category id, matched by name (``classes[0]`` is background).
+
+    The model may know more classes than the dataset (COCO-pretrained weights on a dataset of
+    person and car): labels whose class is not a category are left out of the map, and their
+    detections are not scored. Every category must be a model class.
+    """
     by_name = {name: cid for cid, name in dataset.categories.items()}
-    missing = [c for c in classes[1:] if c not in by_name]
+    known = set(classes[1:])
+    missing = sorted(n for n in by_name if n not in known)
     if missing:
         raise ValueError(
-            f"the detector's classes {missing} are not categories of {dataset.path}; "
-            f"the dataset has {sorted(by_name)}"
+            f"categories {missing} of {dataset.path} are not among the detector's classes "
+            f"{classes[1:]!r:.200}; use a model trained on this dataset's categories, or list "
+            "its class names in model.classes"
         )
-    return {i: by_name[c] for i, c in enumerate(classes) if i > 0}
+    return {i: by_name[c] for i, c in enumerate(classes) if i > 0 and c in by_name}
 
 
 def classes_for(dataset: CocoDataset) -> list[str]:
@@ -66,7 +73,7 @@ def _coco_dets(
         if d is None:
             continue
         for box, score, label in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist()):
-            if score < min_score:
+            if score < min_score or label not in l2c:  # not one of the dataset's classes
                 continue
             x1, y1, x2, y2 = box
             out.append(

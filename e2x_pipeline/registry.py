@@ -91,3 +91,18 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "fasterrcnn_resnet50_fpn_v2": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
     "fasterrcnn_mobilenet_v3_large_fpn": ("faster_rcnn", "faster_rcnn", "FasterRCNNDetector"),
 }
+
+# The input side each architecture is built for, used when ``model.image_size`` is not set: the
+# compact SSD's training size, SSD300's fixed 300 px, SSDlite's 320 px, and torchvision's
+# ``min_size=800`` (shorter side) for its FPN detectors, so real images are not shrunk.
+NATIVE_IMAGE_SIZE: dict[str, int] = {
+    "compact_ssd": 128,
+    "ssd300_vgg16": 300,
+    "ssdlite320_mobilenet_v3_large": 320,
+    "retinanet_resnet50_fpn": 800,
+    "retinanet_resnet50_fpn_v2": 800,
+    "fcos_resnet50_fpn": 800,
+    "fasterrcnn_resnet50_fpn": 800,
+    "fasterrcnn_resnet50_fpn_v2": 800,
+    "fasterrcnn_mobilenet_v3_large_fpn": 800,
+}

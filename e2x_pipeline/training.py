@@ -36,7 +36,10 @@ def training_key(data_hash: str, model: ModelConfig, train: TrainConfig, seed: i
     payload = {
         "data": data_hash,
         "arch_version": ARCH_VERSION if model.arch == "compact_ssd" else 1,
-        "model": model.model_dump(mode="json", exclude={"checkpoint"}),
+        # classes unset is left out, so keys made before model.classes existed still match
+        "model": model.model_dump(
+            mode="json", exclude={"checkpoint"} | ({"classes"} if model.classes is None else set())
+        ),
         "train": train.model_dump(mode="json", exclude={"num_threads"}),
         "seed": seed,
     }
@@ -131,6 +134,16 @@ def train(
     return log
 
 
+def cached_checkpoint(
+    cfg: E2XConfig, dataset: CocoDataset, cache_dir: str | Path, data_hash: str | None = None
+) -> Path:
+    """Where :func:`train_detector` keeps (or will keep) the checkpoint of ``cfg`` on ``dataset``:
+    ``<cache_dir>/<arch>-<training key>.pt``. It may not exist yet."""
+    data_hash = data_hash or dataset_hash(dataset)
+    key = training_key(data_hash, cfg.model, cfg.train, cfg.seed)
+    return Path(cache_dir) / f"{cfg.model.arch}-{key}.pt"
+
+
 def train_detector(
     cfg: E2XConfig,
     dataset: CocoDataset,
@@ -146,7 +159,7 @@ def train_detector(
     """
     data_hash = dataset_hash(dataset)
     key = training_key(data_hash, cfg.model, cfg.train, cfg.seed)
-    path = Path(cache_dir) / f"{cfg.model.arch}-{key}.pt"
+    path = cached_checkpoint(cfg, dataset, cache_dir, data_hash)
     if path.is_file() and not force:
         from .detectors import load_checkpoint
 

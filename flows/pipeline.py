@@ -19,6 +19,7 @@ from prefect.artifacts import (
 
 from e2x_pipeline import stages
 from e2x_pipeline.config import E2XConfig
+from e2x_pipeline.data.inputs import check_data
 from e2x_pipeline.io_utils import write_json
 
 from .tasks import (  # noqa: F401  (re-exported: these used to live here)
@@ -146,13 +147,15 @@ def e2x_pipeline(
     fiftyone: bool = True,
     report: bool = True,
     reports_dir: str = "reports",
-    benchmark: bool = True,
+    benchmark: bool = False,
     retrain: bool = True,
     dask: dict | None = None,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
-    -> retrain -> report. ``benchmark=False`` skips generating the planted-failure benchmark
-    (your own data in ``data``); retraining runs when ``retrain`` and the pool has labels
+    -> retrain -> report. ``benchmark=True`` (``e2x demo``, ``e2x run --make-benchmark``) first
+    generates the planted-failure benchmark under ``data.root``, which must then be empty or
+    hold the generator's own marker; without it the flow never writes under ``data``.
+    Retraining runs when ``retrain`` and the pool has labels
     (``repair.pool_labels`` or the benchmark's). ``dask`` (``flows.runners.dask_options``) runs
     the explain stage in chunks of images on Dask workers."""
     cfg = E2XConfig.model_validate(config)
@@ -160,6 +163,7 @@ def e2x_pipeline(
     t0 = time.perf_counter()
     if benchmark:
         make_benchmark_task(cfg)
+    check_data(cfg, split)
     ckpt, meta = trained_checkpoint(cfg, progress)
     results = _stages(cfg, split, ckpt, progress, fiftyone, retrain, dask)
     retrained = results.pop("retrain", None)

@@ -15,6 +15,7 @@ from prefect import task
 
 from e2x_pipeline import stages
 from e2x_pipeline.config import E2XConfig
+from e2x_pipeline.detectors import configured_checkpoint
 
 from .caching import cache_key_for, refresh_needed
 
@@ -98,8 +99,9 @@ def run_cached(task, stage: str, cfg: E2XConfig, split: str, *args, **kwargs):
 def trained_checkpoint(cfg: E2XConfig, progress: bool) -> tuple[Path, dict]:
     """``model.checkpoint`` when configured, else the (cached) trained one: the flows' form of
     :func:`e2x_pipeline.stages.resolve_checkpoint`, with training as a Prefect task."""
-    if cfg.model.checkpoint is not None:
-        return Path(cfg.model.checkpoint), {"train_seconds": None}
+    given = configured_checkpoint(cfg.model)
+    if given is not None:  # model.checkpoint, or a model.weights file: nothing to train
+        return given, {"train_seconds": None}
     ckpt, meta = train_task(cfg, progress)
     if not Path(ckpt).is_file():  # the cached result names a deleted checkpoint
         ckpt, meta = train_task.with_options(refresh_cache=True)(cfg, progress)

@@ -53,6 +53,12 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.numel())
 
+    def subset(self, keep: Tensor) -> Detections:
+        """The detections where the bool mask (or index tensor) ``keep`` selects them."""
+        return Detections(
+            self.boxes[keep], self.scores[keep], self.labels[keep], self.candidates[keep]
+        )
+
     def to(self, device: str | torch.device) -> Detections:
         return Detections(
             *(t.to(device) for t in (self.boxes, self.scores, self.labels, self.candidates))

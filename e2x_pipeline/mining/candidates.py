@@ -167,6 +167,8 @@ def uncovered_candidates(
     out = []
     for b, box, label in gts:
         boxes = dense.boxes[pos[b]]
+        if boxes.dim() == 3:  # class-specific boxes (Faster R-CNN): the GT class's box
+            boxes = boxes[:, label]
         gt = torch.as_tensor(box, dtype=boxes.dtype, device=boxes.device)[None]
         ious = box_iou(boxes, gt)[:, 0]
         best_iou = ious.max()

@@ -168,6 +168,10 @@ def mine_batch(
     t1 = time.perf_counter()
     with _keep_dense(detector) as memo:
         dets = [d.to("cpu") for d in detector.detect(batch, ctx.cfg.low_threshold)]
+    # a model with more classes than the dataset (COCO-pretrained weights on a person/car
+    # dataset): detections of the other classes are outside the label space, not false positives
+    labels = torch.as_tensor(sorted(ctx.label_cat), dtype=torch.long)
+    dets = [d.subset(torch.isin(d.labels, labels)) for d in dets]
     seconds = time.perf_counter() - t1
     kept_dense = memo.get("out") if memo.get("shape") == tuple(batch.shape) else None
     rows: list[dict[str, Any]] = []

@@ -1,0 +1,123 @@
+"""A user's own COCO data and a torchvision COCO-format checkpoint, end to end, read-only.
+
+The dataset (tests/user_dataset.py) shares nothing with the benchmark's layout: real image sizes
+(640x480, 500x375), category ids 1/3/17 named as COCO classes, subfolders in ``file_name``,
+no ``area``, no train split, and a bare 91-class state_dict as ``model.weights``. Every command
+runs on it through the CLI, and afterwards every input file is byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from user_dataset import ARCH, IMAGES, make_user_dataset, tree_hashes
+
+from e2x_cli.main import main
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory) -> tuple[Path, dict[str, Path], Path]:
+    root = tmp_path_factory.mktemp("user-data")
+    paths = make_user_dataset(root)
+    work = tmp_path_factory.mktemp("user-run")
+    cfg = {
+        "device": "cpu",
+        "output_dir": str(work / "out"),
+        "data": {
+            "root": str(root),  # the user's folder: no causes.json, no benchmark layout
+            "eval_split": "val",
+            "splits": {
+                split: {
+                    "annotations": str(paths["labels"] / f"instances_{split}.json"),
+                    "images": str(paths["photos"]),
+                }
+                for split in IMAGES
+            },
+        },
+        "model": {
+            "arch": ARCH,
+            "weights": str(paths["weights"]),
+            # CI-sized: the architecture's own 800 px works too (see the README's timings)
+            "image_size": 320,
+        },
+        "mining": {"batch_size": 2},
+        "explain": {"k": 2, "n_segments": 30, "max_candidates": 4, "batch_size": 4},
+        "cluster": {"min_mode_size": 2, "max_modes": 2},
+        "repair": {"pool_split": "pool", "budget": 2, "neighbours": 5, "batch_size": 2},
+        "metrics": {"steps": 4, "counterfactual_ns": [1, 2]},
+    }
+    path = work / "user.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, paths, path
+
+
+def test_every_command_runs_and_never_writes_into_the_inputs(user, fo_db, capsys):
+    import fiftyone as fo
+
+    root, paths, cfg_path = user
+    before = tree_hashes(root)
+    c = ["--config", str(cfg_path), "--no-progress"]
+    assert main(["evaluate", *c, "--splits", "val"]) == 0
+    assert main(["mine", *c]) == 0
+    assert main(["explain", *c]) == 0
+    assert main(["evaluate-explanations", *c]) == 0
+    assert main(["cluster", *c]) == 0
+    assert main(["repair", *c]) == 0
+    assert main(["export", "--config", str(cfg_path), "--name", "user-repair"]) == 0
+    out = capsys.readouterr().out
+    assert tree_hashes(root) == before, "a command wrote, renamed or deleted under the inputs"
+
+    run = Path(yaml.safe_load(cfg_path.read_text())["output_dir"])
+    cands = pd.read_parquet(run / "val" / "candidates.parquet")
+    # every GT object has a row; boxes are in each image's own pixels (640x480 or 500x375)
+    n_gt = sum(len(b) for _, _, b in IMAGES["val"])
+    assert (cands["outcome"] == "fn").sum() + (cands["outcome"] == "tp").sum() >= n_gt
+    sizes = {1000 + 7 * i: size for i, (_, size, _) in enumerate(IMAGES["val"])}
+    for r in cands.itertuples():
+        w, h = sizes[r.image_id]
+        assert -1 <= r.box_x1 < r.box_x2 <= w + 1 and -1 <= r.box_y1 < r.box_y2 <= h + 1
+    # detections of COCO classes the dataset does not have are out of its label space
+    assert set(cands["category_id"]) <= {1, 3, 17}
+    expl = pd.read_parquet(run / "val" / "explanations.parquet")
+    assert len(expl) >= 1 and expl["valid"].all()
+    summary = json.loads((run / "val" / "explanation_metrics.json").read_text())
+    assert summary["methods"]["e2x"]["rows"] == len(expl)
+    assert (run / "val" / "failure_modes.parquet").is_file()
+    repair = pd.read_parquet(run / "val" / "repair_set.parquet")
+    assert 1 <= len(repair) <= 2
+    assert set(repair["image_path"]) <= {str(paths["photos"] / f) for f, _, _ in IMAGES["pool"]}
+    pool = fo.load_dataset("e2x-pool")
+    assert "e2x-repair" in pool.list_saved_views()
+    assert len(pool.load_saved_view("e2x-repair")) == len(repair)
+    export = run / "export" / "user-repair" / "labels.json"
+    assert export.is_file() and "user-repair" in out
+
+
+def test_user_mistakes_get_one_line_errors(user, capsys):
+    _, _, cfg_path = user
+    assert main(["mine", "--config", str(cfg_path), "--set", "data.eval_split=test"]) == 1
+    err = capsys.readouterr().err
+    assert "split 'test'" in err and "['pool', 'val']" in err and "Traceback" not in err
+    assert main(["mine", "--config", str(cfg_path), "--device", "cuda"]) == 2  # a config error
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # --set key=null sets null: without the weights, mine has to train, and there is no train split
+    assert main(["mine", "--config", str(cfg_path), "--set", "model.weights=null"]) == 1
+    err = capsys.readouterr().err
+    assert "split 'train'" in err and "['pool', 'val']" in err
+
+
+def test_null_override_and_the_architectures_own_input_size():
+    from e2x_pipeline.config import load_config
+
+    cfg = load_config(None, [f"model.arch={ARCH}", "model.image_size=320"])
+    assert cfg.model.image_size == 320
+    assert (
+        load_config(None, [f"model.arch={ARCH}", "model.image_size=null"]).model.image_size == 800
+    )
+    assert load_config(None, []).model.image_size == 128  # the compact SSD's
+    assert load_config(None, ["model.classes=coco"]).model.classes == "coco"
