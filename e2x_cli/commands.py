@@ -179,10 +179,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# the repository's FiftyOne plugin folder (an editable install runs from the repository)
+PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "plugins" / "e2x"
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from e2x_pipeline import fiftyone_io
     from e2x_pipeline.stages import fiftyone_names
 
+    if args.install_plugin:
+        path = fiftyone_io.install_plugin(PLUGIN_SOURCE)
+        print(
+            f"installed the E2X plugin: {path} -> {PLUGIN_SOURCE}\n"
+            f"in the App: select failures, press ` (backtick) and run {fiftyone_io.OPERATOR_URI}"
+            " ('E2X: explain selected samples')"
+        )
+        return 0
     cfg = config(args)
     names = fiftyone_names(cfg, _split(cfg, args))
     dataset = names["pool"] if args.view == "e2x-repair" else names["failures"]

@@ -285,13 +285,21 @@ COMMANDS: tuple[Command, ...] = (
         "app",
         help="open the FiftyOne App on a saved view",
         description="Launch the FiftyOne App on 127.0.0.1 (unless --address says otherwise) "
-        "showing a saved view: e2x-failures, e2x-mode-<k> or e2x-repair. Stop with Ctrl-C.",
+        "showing a saved view: e2x-failures, e2x-mode-<k> or e2x-repair. Stop with Ctrl-C. "
+        "With --install-plugin, install the E2X plugin instead (its operator explains the "
+        "selected failures on demand and writes <method>_heatmap fields).",
         handler=cmd.cmd_app,
         flags=(
             split("split (default: data.eval_split)"),
             flag("--view", default="e2x-failures", help="saved view to open"),
             flag("--address", default="127.0.0.1", help="address to bind the App to"),
             flag("--port", type=int, default=5151, help="port of the App"),
+            flag(
+                "--install-plugin",
+                action="store_true",
+                help="link the E2X plugin (operator 'E2X: explain selected samples') into "
+                "FiftyOne's plugins folder (fo.config.plugins_dir) and exit",
+            ),
         ),
     ),
     Command(

@@ -254,6 +254,7 @@ def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
     import pandas as pd
 
     from . import fiftyone_io
+    from .run_record import run_record
 
     layout = cfg.split_layout(split)
     name = fiftyone_names(cfg, split)["failures"]
@@ -266,6 +267,7 @@ def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
         layout.root,
         pd.read_parquet(features) if features.is_file() else None,
         pd.read_parquet(modes) if modes.is_file() else None,
+        run=run_record(cfg, split),  # what the App's explain-on-demand operator reruns with
     )
     return name
 

@@ -15,6 +15,9 @@ idempotent:
 * :func:`publish_failures`, :func:`publish_repair`, :func:`export_repair` and
   :func:`launch_app`: the explained failures with heatmaps and failure modes, the repair set,
   its COCO export and the App.
+* :func:`run_record_of`, :func:`candidate_ids`, :func:`write_heatmaps` and
+  :func:`install_plugin` (:mod:`.on_demand`): what the App's "E2X: explain selected samples"
+  operator (``plugins/e2x``) needs around :func:`e2x_pipeline.on_demand.explain_on_demand`.
 
 Each write REPLACES the field's labels on every sample it touches (``set_values`` keyed by
 filepath), so a rerun never duplicates samples, fields or labels.
@@ -51,6 +54,14 @@ from .db import (
     write_ground_truth,
     write_predictions,
 )
+from .on_demand import (
+    OPERATOR_URI,
+    PLUGIN_NAME,
+    candidate_ids,
+    install_plugin,
+    run_record_of,
+    write_heatmaps,
+)
 
 __all__ = [
     "FAILURES_VIEW",
@@ -58,21 +69,27 @@ __all__ = [
     "HEATMAP_COLORSCALE",
     "HEATMAP_FIELD",
     "MODE_VIEW",
+    "OPERATOR_URI",
+    "PLUGIN_NAME",
     "PRED_FIELD",
     "REPAIR_FIELD",
     "REPAIR_VIEW",
     "FiftyOneSchemaError",
     "FiftyOneUnavailable",
+    "candidate_ids",
     "dataset_names",
     "delete_dataset",
     "evaluate_with_fiftyone",
     "export_repair",
+    "install_plugin",
     "launch_app",
     "open_coco_dataset",
     "publish_failures",
     "publish_mining",
     "publish_repair",
+    "run_record_of",
     "save_failures_view",
     "write_ground_truth",
+    "write_heatmaps",
     "write_predictions",
 ]

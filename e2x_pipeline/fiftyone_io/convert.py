@@ -58,9 +58,11 @@ def dataset_names(cfg: E2XConfig, split: str) -> dict[str, str]:
     }
 
 
-def heatmap_field(method: str) -> str:
-    """``<method>_heatmap``: the ``fo.Heatmap`` field of one explanation method."""
-    return HEATMAP_FIELD.format(method=method)
+def heatmap_field(method: str, output: str = "score") -> str:
+    """``<method>_heatmap``: the ``fo.Heatmap`` field of one explanation method; a box-coordinate
+    map gets ``<method>_<output>_heatmap`` (e.g. ``e2x_x1_heatmap``), so it never replaces the
+    score map."""
+    return HEATMAP_FIELD.format(method=method if output == "score" else f"{method}_{output}")
 
 
 def heatmap_field_order(fields: Iterable[str]) -> list[str]:

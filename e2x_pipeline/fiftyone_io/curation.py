@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..run_record import RUN_INFO_KEY
 from . import convert
 from .convert import (
     CANDIDATE_FIELD,
@@ -126,6 +128,7 @@ def publish_failures(
     features: pd.DataFrame | None = None,
     modes: pd.DataFrame | None = None,
     gt_field: str = GT_FIELD,
+    run: Mapping[str, Any] | None = None,
 ) -> Any:
     """One sample per explained failure in the dataset ``name``, keyed by ``candidate_id``.
 
@@ -136,6 +139,8 @@ def publish_failures(
     superpixels' boxes, labelled with their mode). Tags: outcome, error type and ``mode-<k>``.
     Saved views: ``e2x-failures`` (all, by mode then score) and ``e2x-mode-<k>`` per mode.
     A rerun updates in place; samples of candidates no longer explained are removed.
+    ``run`` (:func:`e2x_pipeline.run_record.run_record`) is stored in ``ds.info["e2x_run"]``, so
+    that the App's "E2X: explain selected samples" operator can explain samples again.
     """
     fo = _fo()
     expl = explanations[(explanations["output"] == "score") & explanations["valid"].astype(bool)]
@@ -150,6 +155,12 @@ def publish_failures(
     ):
         _check_field(ds, field, kind)
     _upsert_keyed(ds, "candidate_id", keys, paths)
+    import fiftyone.core.fields as fof
+
+    # declared up front: before `e2x cluster` every mode is None (and a run of misses only has
+    # no scores), and FiftyOne cannot infer a field's type from None values alone
+    ds.add_sample_field("e2x_failure_mode", fof.IntField)
+    ds.add_sample_field("e2x_score", fof.FloatField)
     values = _failure_values(fo, dataset, cands, keys, features, gt_field)
     heatmaps = _heatmaps(fo, expl, keys, split_dir)
     tags = values.pop("tags")
@@ -160,7 +171,9 @@ def publish_failures(
         vals = {k: heatmaps[field].get(k) for k in keys}
         ds.set_values(field, vals, key_field="candidate_id")
     ds.set_values("tags", tags, key_field="candidate_id")
-    _show_heatmaps(ds, sorted(heatmaps), gt_field)
+    if run is not None:
+        ds.info = {**(ds.info or {}), RUN_INFO_KEY: dict(run)}
+    _show_heatmaps(ds, sorted(heatmaps), gt_field)  # saves the dataset (and its info)
     _save_mode_views(ds, modes)
     return ds
 
