@@ -234,6 +234,27 @@ def test_first_n_of_the_view_when_nothing_is_selected(run, installed):
     assert has[:2] == [True, True] and not any(has[2:])
 
 
+def test_delegated_execution_queues_and_a_delegated_executor_writes_the_maps(run, installed):
+    """What `fiftyone delegated launch` does with a request scheduled from the App."""
+    import fiftyone as fo
+    from fiftyone.operators import execute_operator
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from e2x_pipeline.fiftyone_io import OPERATOR_URI
+
+    name = run[2]
+    ds = fo.load_dataset(name)
+    ids = ds.sort_by("candidate_id", reverse=True).limit(2).values("id")
+    params = {"methods": ["lime"], "which": "selected", "samples": 20}
+    ctx = {"dataset": ds, "selected": ids, "params": params, "request_delegation": True}
+    res = execute_operator(OPERATOR_URI, ctx=ctx)
+    assert res.delegated and "lime_heatmap" not in ds.get_field_schema()  # queued, not run
+    DelegatedOperationService().execute_queued_operations(operator=OPERATOR_URI, dataset_name=name)
+    ds.reload()
+    assert all(h is not None for h in ds.select(ids).values("lime_heatmap"))
+    assert sum(h is not None for h in ds.values("lime_heatmap")) == 2
+
+
 def test_bad_requests_fail_with_one_line_that_says_what_to_do(run, installed):
     import fiftyone as fo
     from fiftyone.operators.executor import ExecutionError
