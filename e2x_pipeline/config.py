@@ -45,6 +45,33 @@ class SplitSpec(_Section):
     images: Path
 
 
+class FiftyOneSplit(_Section):
+    """One split of a FiftyOne input dataset: the samples with a tag, or a saved view."""
+
+    tag: str | None = None
+    view: str | None = None
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> FiftyOneSplit:
+        if (self.tag is None) == (self.view is None):
+            raise ValueError("a FiftyOne split names exactly one of 'tag' or 'view'")
+        return self
+
+
+class FiftyOneSource(_Section):
+    """An existing FiftyOne dataset as the input (read only; e2x never writes into it)."""
+
+    dataset: str
+    gt_field: str = "ground_truth"
+    """The ``Detections`` field holding the ground truth."""
+    id_field: str | None = None
+    """An integer sample field to use as image id (FiftyOne's COCO importer with
+    ``include_id=True`` writes ``<label_field>_coco_id``). Unset: ``coco_id`` if the dataset has
+    it, else 1.. in filepath order."""
+    splits: dict[str, FiftyOneSplit] = Field(min_length=1)
+    """Split name -> ``{tag: ...}`` or ``{view: ...}``; the pool is a split like the others."""
+
+
 class DataConfig(_Section):
     root: Path = Path("data/benchmark")
     """Benchmark layout: ``<root>/annotations/<split>.json`` and ``<root>/images/<split>/``."""
@@ -52,6 +79,9 @@ class DataConfig(_Section):
     """Explicit per-split paths; they win over the ``root`` layout."""
     eval_split: str = "val"
     fiftyone_dataset: str | None = None
+    """The name e2x publishes the eval split under in FiftyOne (default: ``e2x-<split>``)."""
+    fiftyone: FiftyOneSource | None = None
+    """Read the splits from an existing FiftyOne dataset instead of COCO files."""
 
     def split(self, name: str) -> SplitSpec:
         if name in self.splits:

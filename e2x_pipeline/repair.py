@@ -41,7 +41,7 @@ from .data.coco import CocoDataset, load_image
 from .detectors.base import Detector
 from .explain.superpixels import slic_segments
 from .features import RegionEmbedder, all_segment_boxes
-from .io_utils import atomic_write, file_hash, write_json, write_table
+from .io_utils import atomic_write, write_json, write_table
 from .layout import SplitLayout
 
 REGION_COLUMNS = ["region_id", "image_id", "file_name", "segment", "x1", "y1", "x2", "y2", "area"]
@@ -81,7 +81,7 @@ def _pool_key(
 ) -> tuple[str, dict]:
     """The cache key of the pool's regions: pool content, model weights, SLIC and embedding."""
     payload = {
-        "pool": file_hash(pool.path),
+        "pool": pool.content_hash(),  # labels and image bytes, not only file names
         "images": [pool.images[i]["file_name"] for i in pool.image_ids],
         "model": model_key,
         "slic": [explain.n_segments, explain.compactness],

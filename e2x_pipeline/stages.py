@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     import torch
 
 from .config import E2XConfig, resolve_device
-from .data.benchmark import GENERATOR_VERSION, SUMMARY_FILE, load_causes, make_benchmark
+from .data.benchmark import GENERATOR_VERSION, SUMMARY_FILE, make_benchmark
 from .data.coco import CocoDataset, load_coco
-from .detectors import load_detector
+from .data.inputs import check_split, split_causes
+from .detectors import configured_checkpoint, load_detector
 from .detectors.base import Detector
 from .evaluation import evaluate_detector_outputs, format_evaluation  # noqa: F401 (re-exported)
 from .fiftyone_io.convert import dataset_names as fiftyone_names  # noqa: F401 (CLI uses it)
@@ -50,6 +51,14 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
 
 
 def open_split(cfg: E2XConfig, split: str) -> CocoDataset:
+    """The split's validated COCO data; a missing split is an error listing those that exist."""
+    check_split(cfg, split)
+    if cfg.data.fiftyone is not None:
+        from .fiftyone_io.source import read_split
+
+        # the pool's labels are not read: selection must not see them (pool_labels reveals them)
+        labels = split != cfg.repair.pool_split
+        return read_split(cfg.data.fiftyone, split, cfg.mining.on_bad_record, labels=labels)
     spec = cfg.data.split(split)
     return load_coco(spec.annotations, spec.images, cfg.mining.on_bad_record)
 
@@ -63,10 +72,12 @@ def train_stage(cfg: E2XConfig, progress: bool = True, force: bool = False) -> t
 
 
 def resolve_checkpoint(cfg: E2XConfig, progress: bool = True) -> Path:
-    """The checkpoint a stage runs on: ``model.checkpoint`` when set, else the one ``e2x train``
-    makes (cached by data hash and config, so this trains only the first time)."""
-    if cfg.model.checkpoint is not None:
-        return Path(cfg.model.checkpoint)
+    """The checkpoint a stage runs on: ``model.checkpoint`` (or a ``model.weights`` file) when
+    set, else the one ``e2x train`` makes (cached by data hash and config, so this trains only
+    the first time)."""
+    given = configured_checkpoint(cfg.model)
+    if given is not None:
+        return given
     return train_stage(cfg, progress=progress)[0]
 
 
@@ -89,7 +100,7 @@ def evaluate_stage(
         ds,
         dets,
         detector.classes,
-        load_causes(cfg.data.root, split),
+        split_causes(cfg, split),
         cfg.mining.operating_threshold,
         cfg.mining.iou,
     )
@@ -106,9 +117,7 @@ def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
     out = cfg.split_layout(split).root
     with run_lock(cfg.output_dir):
         ds = open_split(cfg, split)
-        return run_mining_stage(
-            detector, ds, cfg.mining, out, load_causes(cfg.data.root, split), split
-        )
+        return run_mining_stage(detector, ds, cfg.mining, out, split_causes(cfg, split), split)
 
 
 def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -> str:
@@ -125,21 +134,25 @@ def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -
             open_split(cfg, split),
             pd.read_parquet(layout.require("candidates")),
             pd.read_parquet(layout.require("predictions")),
-            load_causes(cfg.data.root, split),
+            split_causes(cfg, split),
         )
     return name
 
 
 def reference_image(cfg: E2XConfig, max_images: int = 256) -> torch.Tensor:
-    """The E2X reference: the mean image of (up to ``max_images`` of) the train split.
+    """The E2X reference: the mean image of (up to ``max_images`` of) the train split (the
+    explained split when there is no train split).
 
     The paper's reference is the dataset mean (input = mean + w * (x - mean)); a subset keeps
     this cheap and changes the mean by well under one grey level on the benchmark.
     """
     from .explain.superpixels import dataset_mean
 
-    train = open_split(cfg, "train")
-    return dataset_mean([train.image_path(i) for i in train.image_ids], max_images=max_images)
+    # A user with a checkpoint may have no train split: then the mean of the split explained
+    # (per channel when image sizes differ) stands in for the training-set mean.
+    has_train = cfg.data.split("train").annotations.is_file()
+    ds = open_split(cfg, "train" if has_train else cfg.data.eval_split)
+    return dataset_mean([ds.image_path(i) for i in ds.image_ids], max_images=max_images)
 
 
 def failures(candidates: pd.DataFrame, max_candidates: int | None = None) -> pd.DataFrame:
@@ -224,7 +237,7 @@ def cluster_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool
         detector,
         cfg.split_layout(split).root,
         cfg.cluster,
-        load_causes(cfg.data.root, split),
+        split_causes(cfg, split),
         cfg.seed,
         progress,
     )
@@ -244,7 +257,7 @@ def repair_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool 
         embedder_for(detector, cfg.cluster),
         cfg.explain,
         cfg.repair,
-        load_causes(cfg.data.root, pool),
+        split_causes(cfg, pool),
         progress,
     )
 
@@ -287,6 +300,10 @@ def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
 def pool_labels(cfg: E2XConfig) -> CocoDataset | None:
     """The pool's labels to reveal on export: ``repair.pool_labels``, else the benchmark's."""
     path = cfg.repair.pool_labels
+    if path is None and cfg.data.fiftyone is not None:  # the pool view's own ground truth
+        from .fiftyone_io.source import read_split
+
+        return read_split(cfg.data.fiftyone, cfg.repair.pool_split, labels=True)
     if path is None:
         default = cfg.data.root / "annotations" / f"{cfg.repair.pool_split}_labels.json"
         if not default.is_file():

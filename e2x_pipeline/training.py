@@ -19,15 +19,11 @@ from .data.coco import CocoDataset, load_image
 from .detectors import build_detector, save_checkpoint
 from .detectors.base import Detector
 from .evaluation import classes_for, label_to_category
-from .io_utils import file_hash
 
 
 def dataset_hash(dataset: CocoDataset) -> str:
     """Content hash of a split: its annotation file and every image file."""
-    h = hashlib.sha256(file_hash(dataset.path).encode())
-    for i in dataset.image_ids:
-        h.update(file_hash(dataset.image_path(i)).encode())
-    return h.hexdigest()[:16]
+    return dataset.content_hash()
 
 
 def training_key(data_hash: str, model: ModelConfig, train: TrainConfig, seed: int) -> str:

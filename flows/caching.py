@@ -58,9 +58,15 @@ def _stat_fingerprint(paths: list[Path]) -> tuple:
 
 def data_hash(cfg: E2XConfig, split: str) -> str:
     """Content hash of a split's annotation file and image files (memoised on their stats)."""
+    if cfg.data.fiftyone is not None:  # the split's records (and images) as e2x reads them
+        from e2x_pipeline.stages import open_split
+        from e2x_pipeline.training import dataset_hash
+
+        return dataset_hash(open_split(cfg, split))
     spec = cfg.data.split(split)
     ann = Path(spec.annotations)
-    images = sorted(Path(spec.images).glob("*")) if Path(spec.images).is_dir() else []
+    # every file under the image folder, subfolders too (file_names may name them)
+    images = sorted(p for p in Path(spec.images).rglob("*") if p.is_file())
     key = _stat_fingerprint([ann, *images])
     if key not in _memo:
         h = hashlib.sha256()

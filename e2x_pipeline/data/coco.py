@@ -24,6 +24,7 @@ extension is ignored). Choices users could expect otherwise:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections import Counter
@@ -33,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..io_utils import file_hash
 
 
 class DatasetError(ValueError):
@@ -55,6 +58,9 @@ class CocoDataset:
     extra: dict = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)
     """Records skipped with ``on_bad_record="skip"``, as rows of the mining ``rejected`` table."""
+    records_hash: str | None = None
+    """For data not read from a file (a FiftyOne dataset): a hash of the records, which stands
+    in for the annotation file's hash in cache keys."""
 
     @property
     def image_ids(self) -> list[int]:
@@ -66,6 +72,14 @@ class CocoDataset:
     @property
     def category_ids(self) -> list[int]:
         return sorted(self.categories)
+
+    def content_hash(self) -> str:
+        """Hash of the split's content: its annotation file (or :attr:`records_hash`) and every
+        image file it lists, so that a changed label or image changes it."""
+        h = hashlib.sha256((self.records_hash or file_hash(self.path)).encode())
+        for i in self.image_ids:
+            h.update(file_hash(self.image_path(i)).encode())
+        return h.hexdigest()[:16]
 
 
 def _is_id(v: object) -> bool:
@@ -114,10 +128,18 @@ def load_coco(
     ``on_bad_record="skip"``: bad annotations (and their images) go to ``dataset.rejected``
     instead (see the module docstring); a broken file is still an error.
     """
+    path = Path(annotations)
+    return parse_coco(_read_coco_json(path), path, image_dir, on_bad_record)
+
+
+def parse_coco(
+    raw: dict, path: str | Path, image_dir: str | Path, on_bad_record: str = "error"
+) -> CocoDataset:
+    """Validate a COCO detection document already in memory (``path`` names where it came
+    from in errors: a file, or a FiftyOne dataset and split); see :func:`load_coco`."""
     if on_bad_record not in ("error", "skip"):
         raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
-    path = Path(annotations)
-    raw = _read_coco_json(path)
+    path = Path(path)
     categories = _categories(path, raw["categories"])
     images = _images(path, raw["images"])
     by_image, rejected = _annotations(

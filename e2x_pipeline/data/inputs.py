@@ -14,7 +14,10 @@ from .coco import DatasetError
 
 
 def available_splits(cfg: E2XConfig) -> list[str]:
-    """The splits whose annotation file exists: explicit ``data.splits`` and the root layout."""
+    """The splits whose annotation file exists: explicit ``data.splits`` and the root layout;
+    with a FiftyOne input, the splits it names."""
+    if cfg.data.fiftyone is not None:
+        return sorted(cfg.data.fiftyone.splits)
     names = {n for n, spec in cfg.data.splits.items() if spec.annotations.is_file()}
     ann_dir = cfg.data.root / "annotations"
     if ann_dir.is_dir():
@@ -25,6 +28,13 @@ def available_splits(cfg: E2XConfig) -> list[str]:
 def check_split(cfg: E2XConfig, split: str) -> None:
     """Raise :class:`DatasetError` when ``split``'s annotation file is missing, listing the
     splits that do exist and how to make the benchmark when there are none."""
+    if cfg.data.fiftyone is not None:
+        if split in cfg.data.fiftyone.splits:
+            return  # whether its tag or view exists is checked when it is read
+        raise DatasetError(
+            f"split {split!r} is not one of data.fiftyone.splits {available_splits(cfg)}; add it "
+            f"(e.g. {split}: {{tag: {split}}}) or set data.eval_split to one of those"
+        )
     spec = cfg.data.split(split)
     if spec.annotations.is_file():
         return
@@ -46,3 +56,17 @@ def check_data(cfg: E2XConfig, split: str) -> None:
     check_split(cfg, split)
     if cfg.model.checkpoint is None and cfg.model.arch != "custom" and cfg.model.weights is None:
         check_split(cfg, "train")
+
+
+def split_causes(cfg: E2XConfig, split: str) -> list[dict]:
+    """The planted causes of ``split`` when it is the benchmark's, else none.
+
+    ``<data.root>/causes.json`` belongs to the benchmark layout under ``data.root``: a split read
+    from explicit ``data.splits`` paths or from FiftyOne is the user's data, and the benchmark's
+    causes must never be attached to it.
+    """
+    from .benchmark import load_causes
+
+    if cfg.data.fiftyone is not None or split in cfg.data.splits:
+        return []
+    return load_causes(cfg.data.root, split)

@@ -365,7 +365,7 @@ def evaluate_explanations_stage(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Compute the metrics of ``<output_dir>/<split>``'s explanations and write the table and
     summary there (atomically). Returns both."""
-    from ..data.benchmark import load_causes
+    from ..data.inputs import split_causes
     from ..locking import run_lock
     from ..stages import reference_image
 
@@ -385,7 +385,7 @@ def evaluate_explanations_stage(
             layout.root,
             cfg.metrics,
             detector,
-            load_causes(cfg.data.root, split),
+            split_causes(cfg, split),
             explain_cfg=cfg.explain,
             mean=mean,
             seed=cfg.seed,
