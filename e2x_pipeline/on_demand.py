@@ -36,17 +36,6 @@ if TYPE_CHECKING:
 OUTPUT_CHOICES: tuple[str, ...] = ("score", "x1", "y1", "x2", "y2")
 """What can be explained: the class score, or one coordinate of the box (box maps)."""
 
-# Which setting is "the number of samples" of a method. The explainers do not declare it (a
-# capability flag on Explainer would be the better home), so the built-in methods whose count
-# lives in ExplainConfig are named here; any other method with an ``n_samples`` option (PDA,
-# ODSmoothGrad, a user's method) gets it there.
-_CONFIG_SAMPLE_FIELDS: dict[str, str] = {
-    "e2x": "k",
-    "ig": "k",
-    "lime": "lime_samples",
-    "drise": "drise_masks",
-}
-
 
 class OnDemandError(ValueError):
     """A request that cannot be explained; the one-line message says what to change."""
@@ -62,13 +51,13 @@ class OnDemandResult:
 
 
 def sample_setting(method: str) -> str | None:
-    """The setting the "samples" knob sets for ``method``: ``k``, ``lime_samples``,
-    ``drise_masks``, ``options.<method>.n_samples``; None when the method has no sample count."""
-    if method in _CONFIG_SAMPLE_FIELDS:
-        return _CONFIG_SAMPLE_FIELDS[method]
-    if "n_samples" in EXPLAINERS.get(method).Options.model_fields:
-        return f"options.{method}.n_samples"
-    return None
+    """The setting the "samples" knob sets for ``method`` (its class's ``samples_setting``):
+    ``k``, ``lime_samples``, ``drise_masks``, ``options.<method>.n_samples``; None when the
+    method has no sample count (ODAM)."""
+    where = EXPLAINERS.get(method).samples_setting
+    if where is not None and where.startswith("options."):
+        return f"options.{method}.{where.removeprefix('options.')}"
+    return where
 
 
 def box_methods() -> list[str]:
@@ -109,7 +98,7 @@ def explain_settings(
             if where is None:
                 continue
             if where.startswith("options."):
-                options.setdefault(m, {})["n_samples"] = int(samples)
+                options.setdefault(m, {})[where.rsplit(".", 1)[1]] = int(samples)
             else:
                 tree[where] = int(samples)
         tree["options"] = options

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .config import E2XConfig, ModelConfig, TrainConfig
@@ -42,33 +43,56 @@ def training_key(data_hash: str, model: ModelConfig, train: TrainConfig, seed: i
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_split(dataset: CocoDataset, l2c: dict[int, int]) -> tuple[torch.Tensor, list[dict]]:
-    c2l = {c: lab for lab, c in l2c.items()}
-    images, targets = [], []
-    for i in dataset.image_ids:
-        images.append(load_image(dataset.image_path(i)))
-        anns = [a for a in dataset.annotations[i] if not a.get("iscrowd", 0)]
+class DetectionSplit(Dataset):
+    """A COCO split as ``(image [3, H, W], {"boxes": xyxy, "labels"})`` items, read from disk.
+
+    Images of any size are fine: torchvision's detection models take a list and resize each
+    with their own transform. Decoded images are kept in memory while they fit in
+    ``cache_bytes`` (the benchmark's 900 small images all do, so epochs after the first read
+    no file); beyond that, items stream from disk every epoch.
+    """
+
+    def __init__(
+        self, dataset: CocoDataset, l2c: dict[int, int], cache_bytes: int = 512 * 2**20
+    ) -> None:
+        self.dataset = dataset
+        self.ids = dataset.image_ids
+        self.c2l = {c: lab for lab, c in l2c.items()}
+        self.cache: dict[int, torch.Tensor] = {}
+        self.cache_left = cache_bytes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def target(self, j: int) -> dict[str, torch.Tensor]:
+        anns = [
+            a
+            for a in self.dataset.annotations[self.ids[j]]
+            if not a.get("iscrowd", 0) and a["category_id"] in self.c2l
+        ]
         boxes = torch.tensor(
-            [
-                [
-                    a["bbox"][0],
-                    a["bbox"][1],
-                    a["bbox"][0] + a["bbox"][2],
-                    a["bbox"][1] + a["bbox"][3],
-                ]
-                for a in anns
-            ],
+            [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
             dtype=torch.float32,
         ).reshape(-1, 4)
-        labels = torch.tensor([c2l[a["category_id"]] for a in anns], dtype=torch.int64)
-        targets.append({"boxes": boxes, "labels": labels})
-    sizes = {tuple(im.shape) for im in images}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"training images of {dataset.path} differ in size {sorted(sizes)[:3]}; "
-            "resize them to one size first"
-        )
-    return torch.stack(images), targets
+        labels = torch.tensor([self.c2l[a["category_id"]] for a in anns], dtype=torch.int64)
+        return {"boxes": boxes, "labels": labels}
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img = self.cache.get(j)
+        if img is None:
+            img = load_image(self.dataset.image_path(self.ids[j]))
+            size = img.numel() * img.element_size()
+            if size <= self.cache_left:
+                self.cache[j], self.cache_left = img, self.cache_left - size
+        return img, self.target(j)
+
+
+def _hflip(img: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The image mirrored left-right and its boxes with it (x -> width - x, per image)."""
+    width = img.shape[-1]
+    b = t["boxes"].clone()
+    b[:, [0, 2]] = width - t["boxes"][:, [2, 0]]
+    return img.flip(-1), {"boxes": b, "labels": t["labels"]}
 
 
 def train(
@@ -79,24 +103,27 @@ def train(
     progress: bool = True,
     extra: CocoDataset | None = None,
 ) -> dict:
-    """Train ``detector.model`` in place on ``dataset`` (plus ``extra``); returns a log."""
+    """Train ``detector.model`` in place on ``dataset`` (plus ``extra``); returns a log.
+
+    The items stream through a ``DataLoader`` (:class:`DetectionSplit`) in a seeded order, with
+    a seeded horizontal flip per item and epoch.
+    """
     torch.manual_seed(seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    l2c = label_to_category(detector.classes, dataset)
-    images, targets = _load_split(dataset, l2c)
+    parts = [DetectionSplit(dataset, label_to_category(detector.classes, dataset))]
     if extra is not None:
-        ex_images, ex_targets = _load_split(extra, label_to_category(detector.classes, extra))
-        images = torch.cat([images, ex_images])
-        targets = targets + ex_targets
-    n = len(images)
+        parts.append(DetectionSplit(extra, label_to_category(detector.classes, extra)))
+    items = ConcatDataset(parts)
+    n = len(items)
+    if n == 0:
+        raise ValueError(f"{dataset.path} has no images to train on")
     model = detector.model.train()
     device = detector.device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
-    width = images.shape[-1]
     log = {"epochs": [], "images": n}
     t0 = time.perf_counter()
     for epoch in tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress):
@@ -104,17 +131,14 @@ def train(
         flips = (
             torch.rand(n, generator=gen) < 0.5 if cfg.hflip else torch.zeros(n, dtype=torch.bool)
         )
+        batches = [order[i : i + cfg.batch_size].tolist() for i in range(0, n, cfg.batch_size)]
+        loader = DataLoader(items, batch_sampler=batches, collate_fn=list, num_workers=0)
         total = 0.0
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        for idx, pairs in zip(batches, loader, strict=True):
             batch, tgts = [], []
-            for j in idx.tolist():
-                img, t = images[j], targets[j]
+            for j, (img, t) in zip(idx, pairs, strict=True):
                 if flips[j]:
-                    img = img.flip(-1)
-                    b = t["boxes"].clone()
-                    b[:, [0, 2]] = width - t["boxes"][:, [2, 0]]
-                    t = {"boxes": b, "labels": t["labels"]}
+                    img, t = _hflip(img, t)
                 batch.append(img.to(device))
                 tgts.append({k: v.to(device) for k, v in t.items()})
             losses = model(batch, tgts)

@@ -780,7 +780,8 @@ def _cli_mine(bench: Path, out: Path, *extra: str, fiftyone: bool = False) -> in
                 "--set=data.splits.val.annotations=/nonexistent/val.json",
                 "--set=data.splits.val.images=/x",
             ],
-            r"e2x: error: annotation file /nonexistent/val.json does not exist; check data paths",
+            r"e2x: error: split 'val' has no annotation file /nonexistent/val.json; the splits "
+            r"that exist are \[.*'test', 'train'.*\]",
         ),
         (
             "checkpoint-missing",

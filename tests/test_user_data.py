@@ -8,6 +8,7 @@ runs on it through the CLI, and afterwards every input file is byte-identical.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -30,11 +31,12 @@ def user(tmp_path_factory) -> tuple[Path, dict[str, Path], Path]:
             "root": str(root),  # the user's folder: no causes.json, no benchmark layout
             "eval_split": "val",
             "splits": {
+                # the val images double as a train split for retraining (the user has none)
                 split: {
-                    "annotations": str(paths["labels"] / f"instances_{split}.json"),
+                    "annotations": str(paths["labels"] / f"instances_{name}.json"),
                     "images": str(paths["photos"]),
                 }
-                for split in IMAGES
+                for split, name in (("val", "val"), ("pool", "pool"), ("train", "val"))
             },
         },
         "model": {
@@ -46,7 +48,15 @@ def user(tmp_path_factory) -> tuple[Path, dict[str, Path], Path]:
         "mining": {"batch_size": 2},
         "explain": {"k": 2, "n_segments": 30, "max_candidates": 3, "batch_size": 4},
         "cluster": {"min_mode_size": 2, "max_modes": 2},
-        "repair": {"pool_split": "pool", "budget": 2, "neighbours": 5, "batch_size": 2},
+        "repair": {
+            "pool_split": "pool",
+            "budget": 2,
+            "neighbours": 5,
+            "batch_size": 2,
+            "pool_labels": str(paths["labels"] / "instances_pool.json"),
+        },
+        "train": {"batch_size": 2},
+        "retrain": {"epochs": 1, "repeat": 1, "eval_split": "val"},
         "metrics": {"steps": 4, "counterfactual_ns": [1, 2]},
     }
     path = work / "user.yaml"
@@ -55,22 +65,45 @@ def user(tmp_path_factory) -> tuple[Path, dict[str, Path], Path]:
 
 
 @pytest.fixture(scope="module")
-def coco_run(user, fo_db) -> tuple[Path, dict[str, str], dict[str, str], str]:
-    """Every command on the COCO files, once: (output dir, input hashes before, after, stdout)."""
+def coco_run(
+    user, fo_db, prefect_harness, tmp_path_factory
+) -> tuple[Path, dict[str, str], dict[str, str], str]:
+    """Every command on the COCO files, once: (output dir, input hashes before, after, stdout).
+
+    ``e2x demo`` runs with its own data root (a fresh folder it generates the benchmark in).
+    """
     import contextlib
     import io
+    import os
 
     root, _, cfg_path = user
     before = tree_hashes(root)
     c = ["--config", str(cfg_path), "--no-progress"]
+    scratch = tmp_path_factory.mktemp("user-cwd")
+    demo = [
+        *(f"--set={k}" for k in ("benchmark.n_train=20", "benchmark.n_val=10")),
+        *(f"--set={k}" for k in ("benchmark.n_test=10", "benchmark.n_pool=10")),
+        *(f"--set={k}" for k in ("train.epochs=1", "retrain.epochs=1", "cluster.min_mode_size=2")),
+        f"--set=data.root={scratch / 'demo-data'}",
+        f"--output-dir={scratch / 'demo-out'}",
+        "--set=explain.max_candidates=2",
+    ]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["evaluate", *c, "--splits", "val"]) == 0
-        assert main(["mine", *c]) == 0
-        assert main(["explain", *c]) == 0
-        assert main(["cluster", *c]) == 0
-        assert main(["repair", *c]) == 0
-        assert main(["export", "--config", str(cfg_path), "--name", "user-repair"]) == 0
+    here = os.getcwd()
+    os.chdir(scratch)  # the demo and run write reports/ under the working folder
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(["evaluate", *c, "--splits", "val"]) == 0
+            assert main(["mine", *c]) == 0
+            assert main(["explain", *c]) == 0
+            assert main(["cluster", *c]) == 0
+            assert main(["repair", *c]) == 0
+            assert main(["export", "--config", str(cfg_path), "--name", "user-repair"]) == 0
+            assert main(["retrain", *c]) == 0
+            assert main(["run", *c, "--no-retrain"]) == 0
+            assert main(["demo", "--no-progress", "--no-fiftyone", *demo]) == 0
+    finally:
+        os.chdir(here)
     run = Path(yaml.safe_load(cfg_path.read_text())["output_dir"])
     return run, before, tree_hashes(root), out.getvalue()
 
@@ -102,20 +135,23 @@ def test_every_command_runs_and_never_writes_into_the_inputs(user, coco_run):
     assert len(pool.load_saved_view("e2x-repair")) == len(repair)
     export = run / "export" / "user-repair" / "labels.json"
     assert export.is_file() and "user-repair" in out
+    retrain = json.loads((run / "retrain.json").read_text())
+    assert retrain["eval_split"] == "val" and "before" in retrain and "after" in retrain
+    assert "demo finished" in out and "run finished" in out
 
 
 def test_user_mistakes_get_one_line_errors(user, capsys):
     _, _, cfg_path = user
     assert main(["mine", "--config", str(cfg_path), "--set", "data.eval_split=test"]) == 1
     err = capsys.readouterr().err
-    assert "split 'test'" in err and "['pool', 'val']" in err and "Traceback" not in err
+    assert "split 'test'" in err and "['pool', 'train', 'val']" in err and "Traceback" not in err
     assert main(["mine", "--config", str(cfg_path), "--device", "cuda"]) == 2  # a config error
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    # --set key=null sets null: without the weights, mine has to train, and there is no train split
-    assert main(["mine", "--config", str(cfg_path), "--set", "model.weights=null"]) == 1
+    # --set key=null sets null: without repair.pool_labels there are no labels to retrain with
+    assert main(["retrain", "--config", str(cfg_path), "--set", "repair.pool_labels=null"]) == 1
     err = capsys.readouterr().err
-    assert "split 'train'" in err and "['pool', 'val']" in err
+    assert "no labels for the pool" in err and "Traceback" not in err
 
 
 def test_null_override_and_the_architectures_own_input_size():
@@ -178,7 +214,7 @@ def test_fiftyone_dataset_as_input_gives_the_coco_candidates(user, coco_run, tmp
                 "dataset": "user-photos",
                 "gt_field": "ground_truth_detections",
                 "id_field": "ground_truth_coco_id",
-                "splits": {"val": {"tag": "val"}, "pool": {"tag": "pool"}},
+                "splits": {"val": {"tag": "val"}, "pool": {"tag": "pool"}, "train": {"tag": "val"}},
             },
         },
     }
@@ -206,5 +242,11 @@ def test_fiftyone_dataset_as_input_gives_the_coco_candidates(user, coco_run, tmp
     repair = pd.read_parquet(tmp_path / "fo-out" / "val" / "repair_set.parquet")
     assert 1 <= len(repair) <= 2
     assert fo.load_dataset("e2x-pool").load_saved_view("e2x-repair").count() == len(repair)
+    # retraining reads the pool view's own labels for the selected images (no pool_labels file)
+    fo_cfg["repair"] = {k: v for k, v in fo_cfg["repair"].items() if k != "pool_labels"}
+    fo_path.write_text(yaml.safe_dump(fo_cfg))
+    assert main(["retrain", *c]) == 0
+    retrain = json.loads((tmp_path / "fo-out" / "retrain.json").read_text())
+    assert retrain["added_images"] == len(repair)
     assert tree_hashes(root) == before_files
     assert _fiftyone_state(ds) == before_fo, "e2x wrote into the user's FiftyOne dataset"

@@ -74,9 +74,18 @@ class CocoDataset:
         return sorted(self.categories)
 
     def content_hash(self) -> str:
-        """Hash of the split's content: its annotation file (or :attr:`records_hash`) and every
-        image file it lists, so that a changed label or image changes it."""
-        h = hashlib.sha256((self.records_hash or file_hash(self.path)).encode())
+        """Hash of the split's content: its annotation file (or :attr:`records_hash`, or its
+        records when it was made in memory) and every image file it lists, so that a changed
+        label or image changes it."""
+        if self.records_hash is not None:
+            head = self.records_hash
+        elif self.path.is_file():
+            head = file_hash(self.path)
+        else:  # a split made in memory (a FiftyOne split's subset): hash its records
+            records = [self.images, self.annotations, self.categories]
+            head = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode())
+            head = head.hexdigest()
+        h = hashlib.sha256(head.encode())
         for i in self.image_ids:
             h.update(file_hash(self.image_path(i)).encode())
         return h.hexdigest()[:16]

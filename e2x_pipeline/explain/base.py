@@ -176,6 +176,9 @@ class Explainer(ABC):
     needs_candidate: bool = True  # follows a candidate index; False: matches boxes (D-RISE)
     shares_targets: bool = False  # the targets of one call share its perturbed forward passes
     uses_reference: bool = True  # PDA samples from the image, D-RISE masks to black
+    # Which setting is the method's number of samples (the App's "samples" knob): an
+    # ExplainConfig field (``k``), ``options.<field>`` of its Options, or None (no samples).
+    samples_setting: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -79,6 +79,7 @@ class DRiseOptions(BaseModel):
 
 class DRiseExplainer(Explainer):
     name = "drise"
+    samples_setting = "drise_masks"
     Options = DRiseOptions
     shares_targets = True
     uses_reference = False

@@ -40,6 +40,7 @@ def permuted_levels(
 
 class E2XExplainer(Explainer):
     name = "e2x"
+    samples_setting = "k"
     needs_gradients = True
     supports_box_maps = True
 

@@ -63,6 +63,7 @@ class IGOptions(BaseModel):
 
 class IGExplainer(Explainer):
     name = "ig"
+    samples_setting = "k"
     Options = IGOptions
     needs_gradients = True
     supports_box_maps = True

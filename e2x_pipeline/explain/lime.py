@@ -53,6 +53,7 @@ class LimeOptions(BaseModel):
 
 class LimeExplainer(Explainer):
     name = "lime"
+    samples_setting = "lime_samples"
     Options = LimeOptions
     shares_targets = True
 

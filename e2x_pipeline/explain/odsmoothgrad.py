@@ -99,6 +99,7 @@ class ODSmoothGradOptions(BaseModel):
 
 class ODSmoothGradExplainer(Explainer):
     name = "odsmoothgrad"
+    samples_setting = "options.n_samples"
     Options = ODSmoothGradOptions
     needs_gradients = True
     supports_box_maps = True

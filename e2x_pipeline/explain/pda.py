@@ -83,6 +83,7 @@ class PDAOptions(BaseModel):
 
 class PDAExplainer(Explainer):
     name = "pda"
+    samples_setting = "options.n_samples"
     Options = PDAOptions
     shares_targets = True
     uses_reference = False
