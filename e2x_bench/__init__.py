@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "explain": "e2x_bench.explain:bench_explain",
     "repair": "e2x_bench.repair:bench_repair",
     "scale": "e2x_bench.scale:bench_scale",
+    "realsize": "e2x_bench.realsize:bench_realsize",
 }
 
 
