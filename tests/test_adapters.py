@@ -343,6 +343,28 @@ def test_bare_torchvision_state_dict_loads(tmp_path: Path) -> None:
     assert torch.equal(a.scores, b.scores) and torch.equal(a.boxes, b.boxes)
 
 
+def test_bare_state_dict_takes_model_classes_and_says_when_they_are_missing(
+    tmp_path: Path,
+) -> None:
+    """``model.classes`` names the labels of a checkpoint without E2X metadata; without it the
+    error says to give them; ``model.classes: coco`` is torchvision's 91-entry COCO list."""
+    from e2x_pipeline.detectors import coco_categories
+
+    arch = "fasterrcnn_mobilenet_v3_large_fpn"
+    torch.manual_seed(0)
+    det = build_detector(arch, CLASSES, 96)
+    path = tmp_path / "bare.pth"
+    torch.save(det.model.state_dict(), path)
+    loaded = load_detector(ModelConfig(arch=arch, checkpoint=path, classes=CLASSES, image_size=96))
+    assert loaded.classes == CLASSES
+    with pytest.raises(ValueError, match="list them in model.classes"):
+        load_detector(ModelConfig(arch=arch, checkpoint=path, image_size=96))
+    coco = coco_categories(arch)
+    assert len(coco) == 91 and coco[0] == "__background__" and coco[1] == "person"
+    with pytest.raises(CheckpointError, match="does not fit .* 91 classes"):
+        load_detector(ModelConfig(arch=arch, checkpoint=path, classes="coco", image_size=96))
+
+
 def test_checkpoint_for_another_class_count_is_refused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     det = build_detector("compact_ssd", CLASSES[:3], 96)
