@@ -1133,3 +1133,54 @@ def test_servers_bind_to_loopback_by_default(monkeypatch, tmp_path: Path) -> Non
     monkeypatch.setenv("FIFTYONE_DEFAULT_APP_ADDRESS", "0.0.0.0")  # the user's explicit choice
     set_offline_defaults(tmp_path)
     assert os.environ["FIFTYONE_DEFAULT_APP_ADDRESS"] == "0.0.0.0"
+
+
+def test_a_configured_prefect_is_used_as_is(monkeypatch, tmp_path: Path) -> None:
+    """PREFECT_API_URL, PREFECT_HOME, PREFECT_PROFILE or a profiles file: E2X sets no Prefect
+    location; with nothing configured it keeps Prefect's state in ./.e2x/prefect, and it
+    creates nothing on disk until a flow runs."""
+    from e2x_pipeline.env import set_offline_defaults
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.prefect/profiles.toml
+    for var in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    set_offline_defaults(tmp_path / "e2x")
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "e2x" / "prefect")
+    assert not (tmp_path / "e2x").exists()
+    for var, value in (
+        ("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
+        ("PREFECT_PROFILE", "team"),
+    ):
+        monkeypatch.delenv("PREFECT_HOME", raising=False)
+        monkeypatch.setenv(var, value)
+        set_offline_defaults(tmp_path / "e2x")
+        assert "PREFECT_HOME" not in os.environ, var
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "mine"))
+    set_offline_defaults(tmp_path / "e2x")
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "mine")
+    monkeypatch.delenv("PREFECT_HOME")
+    profiles = tmp_path / "home" / ".prefect" / "profiles.toml"
+    profiles.parent.mkdir(parents=True)
+    profiles.write_text('active = "team"\n')
+    set_offline_defaults(tmp_path / "e2x")
+    assert "PREFECT_HOME" not in os.environ
+
+
+def test_help_creates_nothing_on_disk(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["HOME"] = str(tmp_path / "home")
+    for args in (["--help"], ["run", "--help"], ["explain", "--help"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "e2x_cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
