@@ -170,12 +170,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from e2x_pipeline.fiftyone_io import EXPORT_LAYOUTS, check_export_format
     from e2x_pipeline.stages import export_stage
 
+    # checked here, not by argparse choices, so a wrong format is one line, not usage + error
+    fmt = check_export_format(args.format)
     cfg = config(args)
     with run_lock(cfg.output_dir):
-        out, n = export_stage(cfg, _split(cfg, args), args.name)
-    print(f"exported {n} repair-set images as COCO to {out} (labels.json + data/)")
+        out, n = export_stage(cfg, _split(cfg, args), args.name, fmt)
+    shown = "COCO" if fmt == "coco" else fmt
+    print(f"exported {n} repair-set images as {shown} to {out} ({EXPORT_LAYOUTS[fmt]})")
     return 0
 
 

@@ -270,10 +270,13 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "export",
-        help="export the repair set as a COCO dataset",
-        description="Export the FiftyOne view 'e2x-repair' with FiftyOne's COCO exporter to "
-        "<output_dir>/export/<name> (labels.json + data/). Labels are filled from "
-        "repair.pool_labels (default: the benchmark's pool_labels.json) where the pool has them.",
+        help="export the repair set as a COCO, YOLOv5, VOC or CVAT dataset",
+        description="Export the FiftyOne view 'e2x-repair' with FiftyOne's exporter for "
+        "--format to <output_dir>/export/<name>, in that format's layout (coco: labels.json + "
+        "data/; yolov5: dataset.yaml + images/train/ + labels/train/; voc: data/ + labels/*.xml; "
+        "cvat: labels.xml + data/). Labels are filled from repair.pool_labels (default: the "
+        "benchmark's pool_labels.json) where the pool has them; COCO and YOLOv5 get the pool's "
+        "whole class list (sorted), so category ids and class indices are stable.",
         handler=cmd.cmd_export,
         flags=(
             split("split whose repair set to export (default: data.eval_split)"),
@@ -281,6 +284,12 @@ COMMANDS: tuple[Command, ...] = (
                 "--name",
                 default="repair-set",
                 help="export folder name under <output_dir>/export (may not lead outside it)",
+            ),
+            flag(
+                "--format",
+                default="coco",
+                metavar="FORMAT",
+                help="coco (default), yolov5, voc or cvat",
             ),
         ),
     ),

@@ -314,12 +314,17 @@ def pool_labels(cfg: E2XConfig) -> CocoDataset | None:
     return load_coco(path, cfg.data.split(cfg.repair.pool_split).images)
 
 
-def export_stage(cfg: E2XConfig, split: str, name: str = "repair-set") -> tuple[Path, int]:
-    """Export the ``e2x-repair`` view as COCO under ``<output_dir>/export/<name>``."""
+def export_stage(
+    cfg: E2XConfig, split: str, name: str = "repair-set", fmt: str = "coco"
+) -> tuple[Path, int]:
+    """Export the ``e2x-repair`` view under ``<output_dir>/export/<name>`` in ``fmt`` (coco,
+    yolov5, voc or cvat: FiftyOne's exporter and layout for it)."""
     from . import fiftyone_io
 
+    fiftyone_io.check_export_format(fmt)  # a typo fails before the pool's labels are read
     out = cfg.layout.export(name)
-    n = fiftyone_io.export_repair(fiftyone_names(cfg, split)["pool"], out, pool_labels(cfg))
+    pool = fiftyone_names(cfg, split)["pool"]
+    n = fiftyone_io.export_repair(pool, out, pool_labels(cfg), fmt=fmt)
     return out, n
 
 

@@ -14,7 +14,7 @@ idempotent:
 * :func:`save_failures_view` saves the view ``e2x-failures``: samples with an fp or an fn.
 * :func:`publish_failures`, :func:`publish_repair`, :func:`export_repair` and
   :func:`launch_app`: the explained failures with heatmaps and failure modes, the repair set,
-  its COCO export and the App.
+  its export (FiftyOne's COCO, YOLOv5, VOC or CVAT exporter, :data:`EXPORT_FORMATS`) and the App.
 * :func:`run_record_of`, :func:`candidate_ids`, :func:`write_heatmaps` and
   :func:`install_plugin` (:mod:`.on_demand`): what the App's "E2X: explain selected samples"
   operator (``plugins/e2x``) needs around :func:`e2x_pipeline.on_demand.explain_on_demand`.
@@ -42,7 +42,15 @@ from .convert import (
     REPAIR_VIEW,
     dataset_names,
 )
-from .curation import export_repair, launch_app, publish_failures, publish_repair
+from .curation import (
+    EXPORT_FORMATS,
+    EXPORT_LAYOUTS,
+    check_export_format,
+    export_repair,
+    launch_app,
+    publish_failures,
+    publish_repair,
+)
 from .db import (
     FiftyOneSchemaError,
     FiftyOneUnavailable,
@@ -64,6 +72,8 @@ from .on_demand import (
 )
 
 __all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_LAYOUTS",
     "FAILURES_VIEW",
     "GT_FIELD",
     "HEATMAP_COLORSCALE",
@@ -77,6 +87,7 @@ __all__ = [
     "FiftyOneSchemaError",
     "FiftyOneUnavailable",
     "candidate_ids",
+    "check_export_format",
     "dataset_names",
     "delete_dataset",
     "evaluate_with_fiftyone",

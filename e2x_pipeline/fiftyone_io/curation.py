@@ -257,20 +257,80 @@ def _reveal_labels(fo: Any, ds: Any, labels: CocoDataset, label_field: str) -> N
     ds.set_values(label_field, values, key_field="id")
 
 
-def _export_atomic(fo: Any, view: Any, export_dir: Path, label_field: str, classes: Any) -> None:
-    """Export ``view`` as COCO beside ``export_dir``, then swap it in: a crash never leaves half
-    an export."""
+# ``e2x export --format``: FiftyOne's own dataset type per format, and the layout it writes
+EXPORT_FORMATS: dict[str, str] = {
+    "coco": "COCODetectionDataset",
+    "yolov5": "YOLOv5Dataset",
+    "voc": "VOCDetectionDataset",
+    "cvat": "CVATImageDataset",
+}
+EXPORT_LAYOUTS: dict[str, str] = {
+    "coco": "labels.json + data/",
+    "yolov5": "dataset.yaml + images/train/ + labels/train/",
+    "voc": "data/ + labels/<image>.xml",
+    "cvat": "labels.xml + data/",
+}
+# the repair set is training data, so YOLOv5's dataset.yaml lists it as the train split
+YOLO_SPLIT = "train"
+
+
+def check_export_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`EXPORT_FORMATS`, else a ValueError naming the choices."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(
+            f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    return fmt
+
+
+def _export_options(fmt: str, classes: list[str] | None) -> dict[str, Any]:
+    """The exporter's keyword arguments per format.
+
+    Only COCO and YOLOv5 take a class list (VOC and CVAT write label names). Passing the pool's
+    whole sorted class list fixes COCO's category ids and YOLO's class indices, so they do not
+    depend on which classes the selected images happen to hold.
+    """
+    if fmt == "coco":
+        return {"classes": classes}
+    if fmt == "yolov5":
+        return {"classes": classes, "split": YOLO_SPLIT}
+    return {}
+
+
+def _point_yaml_at(yaml_path: Path, export_dir: Path) -> None:
+    """Set YOLOv5's ``path:`` to the final folder: the exporter wrote the temp folder's name,
+    which is gone after the swap, and YOLOv5 resolves the image folders against it."""
+    import yaml
+
+    d = yaml.safe_load(yaml_path.read_text())
+    d["path"] = str(export_dir.resolve())
+    yaml_path.write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def _export_atomic(
+    fo: Any,
+    view: Any,
+    export_dir: Path,
+    label_field: str,
+    classes: list[str] | None,
+    fmt: str = "coco",
+) -> None:
+    """Export ``view`` in ``fmt`` beside ``export_dir``, then swap it in: a crash never leaves
+    half an export, and a rerun replaces the folder instead of adding to it (YOLOv5's exporter,
+    for one, would merge into an existing dataset.yaml)."""
     export_dir = Path(export_dir)
     tmp = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     view.export(
         export_dir=str(tmp),
-        dataset_type=fo.types.COCODetectionDataset,
+        dataset_type=getattr(fo.types, EXPORT_FORMATS[fmt]),
         label_field=label_field,
-        classes=classes,
         export_media=True,
         progress=False,
+        **_export_options(fmt, classes),
     )
+    if fmt == "yolov5":
+        _point_yaml_at(tmp / "dataset.yaml", export_dir)
     old = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.old")
     if export_dir.exists():
         export_dir.rename(old)
@@ -283,14 +343,17 @@ def export_repair(
     export_dir: Path,
     labels: CocoDataset | None = None,
     label_field: str = "e2x_labels",
+    fmt: str = "coco",
 ) -> int:
-    """Export the ``e2x-repair`` view as a COCO detection dataset with FiftyOne's exporter.
+    """Export the ``e2x-repair`` view with FiftyOne's exporter for ``fmt`` (:data:`EXPORT_FORMATS`).
 
     With ``labels`` (the pool's labels, e.g. the benchmark's pool_labels.json) each selected
     sample's ``label_field`` is filled from it first; without, the export lists the images with
-    no annotations, ready for labelling. Images are copied under ``export_dir/data``. Returns the
-    number of images exported.
+    no annotations, ready for labelling. Images are copied into the format's own layout
+    (:data:`EXPORT_LAYOUTS`; COCO: ``labels.json`` and ``data/``). Returns the number of images
+    exported.
     """
+    check_export_format(fmt)  # before touching the database
     fo = _fo()
     if not fo.dataset_exists(name) or REPAIR_VIEW not in fo.load_dataset(name).list_saved_views():
         raise FileNotFoundError(
@@ -304,7 +367,7 @@ def export_repair(
         ds.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     view = ds.load_saved_view(REPAIR_VIEW)
     classes = sorted(labels.categories.values()) if labels is not None else None
-    _export_atomic(fo, view, export_dir, label_field, classes)
+    _export_atomic(fo, view, export_dir, label_field, classes, fmt)
     return len(view)
 
 
