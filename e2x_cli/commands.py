@@ -169,6 +169,23 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_init(args: argparse.Namespace) -> int:
+    """Write the packaged default config to ``args.path``.
+
+    It is not loaded back here: validating imports every explainer (torch, seconds), and the
+    tests keep the shipped file valid and equal to the defaults (tests/test_packaging.py).
+    """
+    from e2x_pipeline import default_config_text
+    from e2x_pipeline.io_utils import write_text
+
+    path: Path = args.path
+    if path.exists() and not args.force:  # a user's edited config is never overwritten silently
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    write_text(path, default_config_text())
+    print(f"wrote the default config to {path}; edit it and pass --config {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from e2x_pipeline.fiftyone_io import EXPORT_LAYOUTS, check_export_format
     from e2x_pipeline.stages import export_stage

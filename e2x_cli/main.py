@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2x_bench import BENCHES
+from e2x_pipeline import __version__
 from e2x_pipeline.config import ConfigError
 from e2x_pipeline.env import set_offline_defaults
 
@@ -34,6 +35,8 @@ class Command:
     handler: Callable[[argparse.Namespace], int] | None = None
     flags: tuple[Flags, ...] = ()
     subcommands: Subcommands | None = None
+    # False where --config/--set/... mean nothing (``e2x config init`` writes the defaults)
+    common: bool = True
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,37 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "config",
+        help="config file commands",
+        subcommands=Subcommands(
+            "config_command",
+            "CONFIG_COMMAND",
+            (
+                Command(
+                    "init",
+                    help="write the default config file (every key with its default)",
+                    description="Write the default config (the package's copy of "
+                    "configs/demo.yaml: every key with its default, commented) to PATH "
+                    "(default: e2x.yaml); an existing file only with --force. Edit it and "
+                    "pass --config PATH to any command.",
+                    handler=cmd.cmd_config_init,
+                    common=False,
+                    flags=(
+                        flag(
+                            "path",
+                            nargs="?",
+                            type=Path,
+                            default=Path("e2x.yaml"),
+                            metavar="PATH",
+                            help="file to write (default: e2x.yaml)",
+                        ),
+                        force("overwrite PATH when it exists"),
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Command(
         "bench",
         help="measured benchmarks, written to reports/bench/",
         subcommands=Subcommands("bench_name", "BENCHMARK", tuple(map(_bench, sorted(BENCHES)))),
@@ -334,7 +368,8 @@ def _add_subcommands(parser: argparse.ArgumentParser, group: Subcommands) -> Non
         if c.subcommands is not None:
             _add_subcommands(p, c.subcommands)
             continue
-        common(p)
+        if c.common:
+            common(p)
         for add_flags in c.flags:
             add_flags(p)
         p.set_defaults(func=c.handler)
@@ -346,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="e2x",
         description="E2X (Explain to Fix): mine, explain, cluster and repair detector failures.",
     )
+    # the installed distribution's version (importlib.metadata), so it cannot drift from pyproject
+    parser.add_argument("--version", action="version", version=f"e2x {__version__}")
     _add_subcommands(parser, Subcommands("command", "COMMAND", COMMANDS))
     return parser
 

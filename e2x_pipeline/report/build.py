@@ -15,16 +15,18 @@ exists:
 * before/after tables and a plot when ``retrain.json`` exists;
 * method comparison plots from the benchmarks (``reports/bench/*.png``) when present.
 
-A small inline script counts the images that loaded (``#e2x-image-check``), which the browser test
+Each section is a Jinja2 template under ``templates/`` (rendered by :mod:`.render`, with
+autoescaping): the builder below only collects values, never markup. A small inline script in
+``page.html.j2`` counts the images that loaded (``#e2x-image-check``), which the browser test
 reads back from headless Chromium.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -33,7 +35,8 @@ from ..fiftyone_io.convert import FAILURES_VIEW, MODE_VIEW, REPAIR_VIEW, dataset
 from ..io_utils import safe_join, write_text
 from ..vocab import FAILURES, OUTCOMES
 from . import gallery, plots
-from .markup import PAGE, Images, box, fmt, img, read_json, read_table, safe_name, table
+from .markup import Images, box, fmt, img, read_json, read_table, safe_name, table
+from .render import Markup, render
 
 # the detector rows of the summary: (row name, the evaluation's key)
 EVALUATION_ROWS = (
@@ -90,19 +93,27 @@ def evaluation_rows(evals: list[dict]) -> list[dict]:
     return rows
 
 
-def repair_part(repair: dict) -> str:
+def repair_part(repair: dict) -> dict[str, Any]:
     """The repair set's size and its precision per planted cause, against the base rate."""
     prec = repair.get("precision", {})
     per_cause = prec.get("per_cause", {})
     rows = [{"cause": c, **v} for c, v in per_cause.items() if isinstance(v, dict)]
     if "any_cause" in prec:
         rows.append({"cause": "any cause", **prec["any_cause"]})
-    return (
-        f"<h3>Repair set</h3><p>{repair.get('selected', '?')} of "
-        f"{repair.get('pool_images', '?')} pool images selected "
-        f"(budget {repair.get('budget', '?')}); precision: share of selected images that "
-        "carry the cause, against the pool's base rate.</p>" + table(rows)
-    )
+    return {
+        "selected": repair.get("selected", "?"),
+        "pool_images": repair.get("pool_images", "?"),
+        "budget": repair.get("budget", "?"),
+        "table": table(rows),
+    }
+
+
+class Section(NamedTuple):
+    """One rendered section of the page: its anchor, its title and its (escaped) HTML."""
+
+    anchor: str
+    title: str
+    body: Markup
 
 
 class ReportBuilder:
@@ -128,7 +139,7 @@ class ReportBuilder:
         self.max_failures = max_failures
         self.max_repair = max_repair
         self.fiftyone = fiftyone
-        self.sections: list[tuple[str, str, str]] = []  # (anchor, title, html)
+        self.sections: list[Section] = []
         self.n_images = 0
 
     # -- helpers ---------------------------------------------------------------------------
@@ -137,32 +148,35 @@ class ReportBuilder:
         self.n_images += 1
         return path, f"img/{name}"
 
-    def add(self, anchor: str, title: str, body: str) -> None:
-        self.sections.append((anchor, title, body))
+    def add(self, anchor: str, title: str, **context: Any) -> None:
+        """Render section ``anchor`` from ``templates/<anchor>.html.j2`` with ``context``."""
+        self.sections.append(Section(anchor, title, render(f"{anchor}.html.j2", **context)))
 
     # -- sections --------------------------------------------------------------------------
     def summary(self, cands: pd.DataFrame) -> None:
         """Detector evaluation per split, mining outcomes, failure modes, repair precision."""
-        parts = []
         evals = [
             e
             for p in self.cfg.layout.evaluations()
             if isinstance(e := read_json(p), dict) and "split" in e
         ]
-        if evals:
-            parts.append("<h3>Detector</h3>" + table(evaluation_rows(evals)))
-        parts.append(f"<h3>Mining ({html.escape(self.split)})</h3>" + table([self._mining(cands)]))
         cluster = read_json(self.layout.cluster_summary)
-        if cluster:
-            row = {k: cluster.get(k) for k in CLUSTER_KEYS if k in cluster}
-            parts.append("<h3>Failure modes</h3>" + table([row]))
         repair = read_json(self.layout.repair_summary)
-        if repair:
-            parts.append(repair_part(repair))
         run = read_json(self.cfg.layout.run_summary) or {}
-        if run.get("seconds") is not None:
-            parts.append(f"<p class='muted'>Pipeline wall time: {run['seconds']} s.</p>")
-        self.add("summary", "Summary metrics", "".join(parts))
+        self.add(
+            "summary",
+            "Summary metrics",
+            evaluation=table(evaluation_rows(evals)) if evals else None,
+            split=self.split,
+            mining=table([self._mining(cands)]),
+            cluster=(
+                table([{k: cluster.get(k) for k in CLUSTER_KEYS if k in cluster}])
+                if cluster
+                else None
+            ),
+            repair=repair_part(repair) if repair else None,
+            seconds=run.get("seconds"),
+        )
 
     def _mining(self, cands: pd.DataFrame) -> dict:
         outcomes = cands["outcome"].value_counts()
@@ -185,23 +199,21 @@ class ReportBuilder:
                 {"fn kind": k, "count": int(n)}
                 for k, n in failing["fn_kind"].dropna().value_counts().items()
             ]
-        body = (
-            "<p>Every false positive has a TIDE error type (cls: right box, wrong class; loc: "
-            "right class, poor box; both; dupe: a second detection of a matched object; bkg: "
-            "background); every missed object is <em>missed</em>.</p>"
-            + img(rel, "error breakdown chart")
-            + table([{"error type": t, "count": n} for t, n in counts.items()], cls="inline")
-            + (table(kinds, cls="inline") if kinds else "")
+        self.add(
+            "errors",
+            "Error breakdown (TIDE)",
+            chart=img(rel, "error breakdown chart"),
+            counts=table([{"error type": t, "count": n} for t, n in counts.items()], cls="inline"),
+            kinds=table(kinds, cls="inline") if kinds else None,
         )
-        self.add("errors", "Error breakdown (TIDE)", body)
 
     def gallery(self, cands: pd.DataFrame, images: Images) -> None:
         """The explained failures (:mod:`.gallery`), at most ``max_failures`` of them."""
         expl = read_table(self.layout.explanations)
         if expl is None or not len(expl):
-            self.add("gallery", "Failure gallery", "<p class='muted'>No explanations yet.</p>")
+            self.add("gallery", "Failure gallery", cards=None)
             return
-        body = gallery.gallery_body(
+        context = gallery.gallery_context(
             self._rel,
             cands,
             expl,
@@ -211,14 +223,14 @@ class ReportBuilder:
             self.cfg.mining.operating_threshold,
             self.max_failures,
         )
-        self.add("gallery", "Failure gallery", body)
+        self.add("gallery", "Failure gallery", **context)
 
     def modes(self) -> None:
         modes = read_table(self.layout.failure_modes)
         if modes is None:
             return
         cols = [c for c in MODE_COLUMNS if c in modes.columns]
-        parts = [table(modes[cols].to_dict("records"))]
+        shown = []
         for m in modes.itertuples(index=False):
             crop = getattr(m, "crops", None)
             title = (
@@ -226,7 +238,7 @@ class ReportBuilder:
                 f"{getattr(m, 'n_candidates', '?')} failures; planted cause "
                 f"{getattr(m, 'cause', '–')} ({fmt(getattr(m, 'cause_share', None))})"
             )
-            fig = ""
+            fig = None
             if isinstance(crop, str) and crop:
                 src = safe_join(self.layout.root, crop)
                 path, rel = self._rel(f"mode-{int(m.mode_id)}.png")
@@ -234,17 +246,16 @@ class ReportBuilder:
                     fig = img(rel, f"mode {m.mode_id} representatives")
                 else:
                     self.n_images -= 1
-            parts.append(f"<h3>{html.escape(title)}</h3>{fig}")
-        self.add("modes", "Failure modes", "".join(parts))
+            shown.append({"title": title, "figure": fig})
+        self.add(
+            "modes", "Failure modes", overview=table(modes[cols].to_dict("records")), modes=shown
+        )
 
     def repair(self, images: Images) -> None:
         rs = read_table(self.layout.repair_set)
         if rs is None:
             return
-        parts = [
-            f"<p>{len(rs)} pool images selected; the yellow box is the region that matched the "
-            "failure mode.</p>"
-        ]
+        groups = []
         for mode_id, group in rs.sort_values(["mode_id", "rank"]).groupby("mode_id"):
             figs = []
             for _, r in group.head(self.max_repair).iterrows():
@@ -254,21 +265,17 @@ class ReportBuilder:
                     continue
                 path, rel = self._rel(f"repair-{int(mode_id)}-{safe_name(r['file_name'])}.png")
                 plots.region_panel(image, region, path)
-                cap = f"#{int(r['rank'])} {html.escape(str(r['file_name']))} ({fmt(r['score'])})"
+                cap = f"#{int(r['rank'])} {r['file_name']} ({fmt(r['score'])})"
                 figs.append(img(rel, f"repair {r['file_name']}", cap))
-            parts.append(
-                f"<h3>Mode {int(mode_id)}: {len(group)} images</h3><div class='row'>"
-                + "".join(figs)
-                + "</div>"
-            )
-        self.add("repair", "Repair set", "".join(parts))
+            groups.append({"mode_id": int(mode_id), "n_images": len(group), "figures": figs})
+        self.add("repair", "Repair set", n_selected=len(rs), groups=groups)
 
     def retrain(self) -> None:
         """Before / after metrics of ``e2x retrain`` (table and chart), then its other tables."""
         data = read_json(self.cfg.layout.retrain_summary)
         if data is None:
             return
-        parts = []
+        before_after, chart, tables = None, None, []
         before, after = data.get("before"), data.get("after")
         if isinstance(before, dict) and isinstance(after, dict):
             fb, fa = _flatten(before), _flatten(after)
@@ -277,89 +284,84 @@ class ReportBuilder:
                 for k in fb
                 if k in fa
             ]
-            parts.append(table(rows))
+            before_after = table(rows)
             if rows:
                 path, rel = self._rel("before-after.png")
                 plots.before_after_chart(rows[:16], path)
-                parts.append(img(rel, "before/after chart"))
+                chart = img(rel, "before/after chart")
         for key, value in data.items():
             if key in ("before", "after"):
                 continue
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                parts.append(f"<h3>{html.escape(key)}</h3>" + table(value))
+                tables.append((key, table(value)))
             elif (
                 isinstance(value, dict)
                 and value
                 and all(isinstance(v, dict) for v in value.values())
             ):
-                rows = [{key: k, **v} for k, v in value.items()]
-                parts.append(f"<h3>{html.escape(key)}</h3>" + table(rows))
-        if not parts:
-            parts.append(f"<pre>{html.escape(json.dumps(data, indent=2, default=str))}</pre>")
-        self.add("retrain", "Before / after retraining", "".join(parts))
+                tables.append((key, table([{key: k, **v} for k, v in value.items()])))
+        # nothing tabular: show the JSON itself rather than an empty section
+        raw = None
+        if before_after is None and not tables:
+            raw = json.dumps(data, indent=2, default=str)
+        self.add(
+            "retrain",
+            "Before / after retraining",
+            before_after=before_after,
+            chart=chart,
+            tables=tables,
+            raw=raw,
+        )
 
     def bench(self) -> None:
         if self.bench_dir is None or not Path(self.bench_dir).is_dir():
             return
-        parts = []
+        figures = []
         for png in sorted(Path(self.bench_dir).glob("*.png")):
             path, rel = self._rel(f"bench-{safe_name(png.stem)}.png")
             if plots.copy_png(png, path):
-                parts.append(img(rel, f"benchmark {png.stem}", html.escape(png.name)))
+                figures.append(img(rel, f"benchmark {png.stem}", png.name))
             else:
                 self.n_images -= 1
-        for md in sorted(Path(self.bench_dir).glob("*.md")):
-            parts.append(
-                f"<details><summary>{html.escape(md.name)}</summary>"
-                f"<pre>{html.escape(md.read_text())}</pre></details>"
-            )
-        if parts:
+        notes = [(md.name, md.read_text()) for md in sorted(Path(self.bench_dir).glob("*.md"))]
+        if figures or notes:
             self.add(
                 "bench",
                 "Method comparison and benchmarks",
-                f"<p class='muted'>From {html.escape(str(self.bench_dir))}.</p>" + "".join(parts),
+                source=str(self.bench_dir),
+                figures=figures,
+                notes=notes,
             )
 
     def links(self) -> None:
         if not self.fiftyone:
             return
-        f = self.fiftyone
-        code = "<code>{}</code>".format
-        items = [
-            f"<li>{code(html.escape(f['split']))}: view {code(FAILURES_VIEW)}</li>",
-            f"<li>{code(html.escape(f['failures']))}: views {code(FAILURES_VIEW)}, "
-            f"{code(html.escape(MODE_VIEW.format(mode='<k>')))}, with "
-            f"{code('fo.Heatmap')} fields</li>",
-            f"<li>{code(html.escape(f['pool']))}: saved view {code(REPAIR_VIEW)}</li>",
-        ]
         self.add(
             "fiftyone",
             "FiftyOne views",
-            "<ul>" + "".join(items) + f"</ul><p>Open with {code('e2x app --view ' + REPAIR_VIEW)} "
-            f"(or {code('--view ' + mode_view(0))}).</p>",
+            names=self.fiftyone,
+            failures_view=FAILURES_VIEW,
+            mode_views=MODE_VIEW.format(mode="<k>"),
+            repair_view=REPAIR_VIEW,
+            mode_view_0=mode_view(0),
         )
 
     # -- page ------------------------------------------------------------------------------
     def write(self, run_id: str) -> Path:
-        nav = " · ".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t, _ in self.sections)
-        body = "".join(
-            f"<section id='{a}'><h2>{html.escape(t)}</h2>{b}</section>" for a, t, b in self.sections
-        )
         cfg = self.cfg
-        page = PAGE.format(
-            title=html.escape(f"E2X report: {run_id}"),
-            run_id=html.escape(run_id),
-            meta=html.escape(
+        page = render(
+            "page.html.j2",
+            run_id=run_id,
+            meta=(
                 f"output {cfg.output_dir} · split {self.split} · model {cfg.model.arch} · "
                 f"methods {', '.join(cfg.explain.methods)} · written "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
             ),
-            nav=nav,
-            body=body,
+            sections=self.sections,
             n_images=self.n_images,
         )
         index = self.out / "index.html"
-        write_text(index, page)
+        write_text(index, str(page))
         return index
 
 

@@ -7,7 +7,6 @@ other methods' score maps, and the box-coordinate maps (``x1 .. y2``) when compu
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,7 +17,7 @@ import pandas as pd
 from ..io_utils import safe_join
 from ..vocab import FAILURES
 from . import plots
-from .markup import BOX_OUTPUTS, Images, box, fmt, img, safe_name
+from .markup import BOX_OUTPUTS, Figure, Images, box, fmt, img, safe_name
 
 # an image's name -> (the PNG file to write, its src on the page); counts the page's images
 Rel = Callable[[str], tuple[Path, str]]
@@ -55,6 +54,14 @@ def modes_by_candidate(features: pd.DataFrame | None) -> dict[str, list[int]]:
         for cid, m in features[features["mode_id"] >= 0].groupby("candidate_id")["mode_id"]:
             modes[cid] = sorted({int(x) for x in m})
     return modes
+
+
+class Card(NamedTuple):
+    """One failure as ``gallery.html.j2`` shows it: its id (bold), text lines and panels."""
+
+    candidate_id: str
+    lines: list[str]
+    figures: list[Figure]
 
 
 class PixelMaps:
@@ -113,7 +120,7 @@ def _figures(
     sel: Selection,
     maps: PixelMaps,
     boxes: tuple[list, list],
-) -> list[str]:
+) -> list[Figure]:
     """The card's panels: the boxes, then each map that matches the image's size."""
     cid = cand["candidate_id"]
     name = safe_name(cid)
@@ -138,19 +145,18 @@ def _figures(
 
 
 def _info(cand: pd.Series, modes: dict[str, list[int]]) -> list[str]:
-    """The card's text: id, outcome and error type (FN kind), class and score, cause, modes."""
+    """The card's text lines under its id: outcome and error type (FN kind), class and score,
+    cause, modes (plain text: the template escapes them)."""
     cid = cand["candidate_id"]
     err = cand.get("error_type")
     kind = cand.get("fn_kind") if cand["outcome"] == "fn" else None
     info = [
-        f"<b>{html.escape(str(cid))}</b>",
         f"{cand['outcome']} · {err if isinstance(err, str) else '–'}"
         + (f" ({kind})" if isinstance(kind, str) else ""),
-        f"class {html.escape(str(cand.get('category', cand.get('label'))))}, "
-        f"score {fmt(cand.get('score'))}",
+        f"class {cand.get('category', cand.get('label'))}, score {fmt(cand.get('score'))}",
     ]
     if isinstance(cand.get("cause"), str) and cand["cause"]:
-        info.append(f"planted cause: {html.escape(cand['cause'])}")
+        info.append(f"planted cause: {cand['cause']}")
     if cid in modes:
         info.append("failure mode " + ", ".join(map(str, modes[cid])))
     return info
@@ -164,7 +170,7 @@ def cards(
     maps: PixelMaps,
     modes: dict[str, list[int]],
     threshold: float,
-) -> list[str]:
+) -> list[Card]:
     """One card per shown failure whose image can be opened, by image then candidate."""
     by_image = cands.groupby("image_id")
     rows_by_cand = {k: g for k, g in sel.valid.groupby("candidate_id")}
@@ -177,17 +183,11 @@ def cards(
         boxes = context_boxes(by_image.get_group(cand["image_id"]), r.candidate_id, threshold)
         own = rows_by_cand.get(r.candidate_id, sel.valid.iloc[:0])
         figs = _figures(rel, image, cand, own, sel, maps, boxes)
-        out.append(
-            "<div class='card'><div class='meta'>"
-            + "<br>".join(_info(cand, modes))
-            + "</div><div class='row'>"
-            + "".join(figs)
-            + "</div></div>"
-        )
+        out.append(Card(str(r.candidate_id), _info(cand, modes), figs))
     return out
 
 
-def gallery_body(
+def gallery_context(
     rel: Rel,
     candidates: pd.DataFrame,
     explanations: pd.DataFrame,
@@ -196,19 +196,15 @@ def gallery_body(
     split_root: Path,
     threshold: float,
     max_failures: int,
-) -> str:
-    """The gallery section's HTML: a note on what is shown, then the cards."""
+) -> dict[str, Any]:
+    """What ``gallery.html.j2`` shows: how many failures are explained, the methods, the cards."""
     c = candidates.set_index("candidate_id", drop=False)
     sel = select(explanations, c, max_failures)
     modes = modes_by_candidate(features)
-    shown = cards(rel, sel, c, images, PixelMaps(split_root), modes, threshold)
-    n_fail = int(candidates["outcome"].isin(FAILURES).sum())
-    methods_note = ", ".join(sel.methods)
-    return (
-        f"<p>{len(sel.explained)} of {n_fail} failures have a valid {sel.primary.upper()} "
-        f"explanation (methods in this run: {html.escape(methods_note)}); {len(shown)} shown, "
-        "every error type in turn. Boxes: <span style='color:#28dc28'>GT</span>, "
-        "<span style='color:#ffaa00'>detections at the operating threshold</span>, "
-        "<span style='color:#ff2828'>the candidate</span>. Heatmaps: red = positive "
-        "attribution, blue = negative, scaled by the largest |value|.</p>" + "".join(shown)
-    )
+    return {
+        "n_explained": len(sel.explained),
+        "n_fail": int(candidates["outcome"].isin(FAILURES).sum()),
+        "primary": sel.primary,
+        "methods": sel.methods,
+        "cards": cards(rel, sel, c, images, PixelMaps(split_root), modes, threshold),
+    }

@@ -1,16 +1,17 @@
-"""The report's HTML pieces: value formatting, tables, figures, table and image readers, page.
+"""The report's pieces as data: value formatting, tables, figures, table and image readers.
 
-Everything the page shows is escaped here (:func:`table`, :func:`img`); the sections only join
-these pieces.
+Nothing here writes HTML. :func:`table` and :func:`img` return plain values that the Jinja2
+templates (``templates/*.html.j2``, rendered by :mod:`.render` with autoescaping) turn into
+markup, so every text that comes from a run (a category, a file name, a cause) is escaped by the
+template engine and no section builds HTML by hand.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,22 +48,33 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def table(rows: list[dict], columns: list[str] | None = None, cls: str = "") -> str:
-    if not rows:
-        return "<p class='muted'>(empty)</p>"
+class Table(NamedTuple):
+    """A table as the ``table`` macro renders it: header cells, body cells (text), CSS class."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    cls: str = ""
+
+
+class Figure(NamedTuple):
+    """An image as the ``figure`` macro renders it: ``src`` relative to ``index.html``."""
+
+    src: str
+    alt: str
+    caption: str = ""
+    width: int | None = None
+
+
+def table(rows: list[dict], columns: list[str] | None = None, cls: str = "") -> Table:
+    """``rows`` as a :class:`Table`: the given columns (default: every key, first-seen order),
+    each cell formatted by :func:`fmt`; an empty table renders as "(empty)"."""
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
-        for r in rows
-    )
-    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return Table([str(c) for c in columns], [[fmt(r.get(c)) for c in columns] for r in rows], cls)
 
 
-def img(src: str, alt: str, caption: str = "", width: int | None = None) -> str:
-    w = f" width='{width}'" if width else ""
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'{w}>{cap}</figure>"
+def img(src: str, alt: str, caption: str = "", width: int | None = None) -> Figure:
+    """One figure of the page (the PNG is already written under ``img/``)."""
+    return Figure(src, alt, caption, width)
 
 
 def safe_name(text: str) -> str:
@@ -96,54 +108,3 @@ class Images:
         if key not in self._cache:
             self._cache[key] = plots.open_rgb(path)
         return self._cache[key]
-
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto;
-  max-width: 1280px; padding: 0 24px 48px; color: #222; background: #fafafa; }}
-header {{ border-bottom: 2px solid #3182bd; padding: 16px 0 8px; }}
-h1 {{ margin: 0 0 4px; font-size: 26px; }}
-h2 {{ border-bottom: 1px solid #ddd; padding-top: 12px; }}
-h3 {{ font-size: 16px; margin: 18px 0 6px; }}
-nav {{ margin: 8px 0; font-size: 14px; }} nav a {{ color: #3182bd; text-decoration: none; }}
-.muted {{ color: #777; font-size: 13px; }}
-table {{ border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; background: #fff; }}
-table.inline {{ display: inline-table; margin-right: 16px; vertical-align: top; }}
-th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; }}
-th {{ background: #eef3f8; }}
-figure {{ display: inline-block; margin: 4px; text-align: center; vertical-align: top; }}
-figure img {{ display: block; max-width: 100%; image-rendering: pixelated;
-  border: 1px solid #ccc; }}
-figcaption {{ font-size: 11px; color: #555; margin-top: 2px; }}
-.card {{ display: flex; gap: 12px; background: #fff; border: 1px solid #e3e3e3;
-  border-radius: 6px; padding: 8px; margin: 8px 0; align-items: flex-start; }}
-.card .meta {{ width: 210px; flex: none; font-size: 12px; line-height: 1.5; }}
-.row {{ display: flex; flex-wrap: wrap; gap: 2px; }}
-pre {{ background: #fff; border: 1px solid #ddd; padding: 8px; font-size: 12px; overflow-x: auto; }}
-#e2x-image-check {{ font-size: 11px; color: #999; }}
-</style></head>
-<body>
-<header><h1>E2X report: {run_id}</h1><div class="muted">{meta}</div>
-<nav>{nav}</nav>
-<p id="e2x-image-check" data-expected="{n_images}">{n_images} images</p></header>
-{body}
-<script>
-window.addEventListener("load", function () {{
-  var ok = 0, bad = [];
-  for (var i = 0; i < document.images.length; i++) {{
-    var im = document.images[i];
-    if (im.complete && im.naturalWidth > 0) ok++; else bad.push(im.getAttribute("src"));
-  }}
-  var el = document.getElementById("e2x-image-check");
-  el.setAttribute("data-loaded", ok);
-  el.setAttribute("data-broken", bad.length);
-  el.textContent = ok + " of " + document.images.length + " images loaded" +
-    (bad.length ? "; broken: " + bad.join(", ") : "");
-}});
-</script>
-</body></html>
-"""
