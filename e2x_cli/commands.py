@@ -64,15 +64,24 @@ def cmd_mine(args: argparse.Namespace) -> int:
         from e2x_pipeline.mining import (
             format_metrics,
         )  # the heavy imports after the lock: fail fast
-        from e2x_pipeline.stages import mine_stage, publish_stage
+        from e2x_pipeline.stages import (
+            detector_for,
+            mine_stage,
+            publish_stage,
+            resolve_checkpoint,
+        )
 
         layout = cfg.split_layout(split)  # a split name leading out of output_dir fails here
-        result = mine_stage(cfg, _detector(cfg, not args.no_progress), split)
+        checkpoint = resolve_checkpoint(cfg, not args.no_progress)
+        result = mine_stage(cfg, detector_for(cfg, checkpoint), split)
         print(format_metrics(result.metrics))
         print(f"tables written to {layout.root}")
         if not args.no_fiftyone:
-            name = publish_stage(cfg, split)
-            print(f"FiftyOne dataset '{name}', saved view 'e2x-failures'")
+            name = publish_stage(cfg, split, checkpoint=checkpoint)
+            print(
+                f"FiftyOne dataset '{name}', saved view 'e2x-failures', evaluation run of this "
+                "checkpoint in the App's Model Evaluation panel"
+            )
     return 0
 
 

@@ -120,14 +120,20 @@ def mine_stage(cfg: E2XConfig, detector: Detector, split: str):
         return run_mining_stage(detector, ds, cfg.mining, out, split_causes(cfg, split), split)
 
 
-def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -> str:
-    """Push the split, its predictions and the ``e2x-failures`` view into FiftyOne."""
+def publish_stage(
+    cfg: E2XConfig, split: str, dataset_name: str | None = None, checkpoint: Path | None = None
+) -> str:
+    """Push the split, its predictions and the ``e2x-failures`` view into FiftyOne. With the
+    ``checkpoint`` the predictions came from, they are also stored as that checkpoint's
+    FiftyOne evaluation run ``e2x_<first 12 hex of its file hash>``."""
     import pandas as pd
 
     from . import fiftyone_io
+    from .io_utils import file_hash
 
     name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
     layout = cfg.split_layout(split)
+    key = file_hash(checkpoint)[:12] if checkpoint is not None else None
     with run_lock(cfg.output_dir):
         fiftyone_io.publish_mining(
             name,
@@ -135,6 +141,8 @@ def publish_stage(cfg: E2XConfig, split: str, dataset_name: str | None = None) -
             pd.read_parquet(layout.require("candidates")),
             pd.read_parquet(layout.require("predictions")),
             split_causes(cfg, split),
+            checkpoint_key=key,
+            iou=cfg.mining.iou,
         )
     return name
 

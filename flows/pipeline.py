@@ -71,7 +71,7 @@ def _stages(
 
     evaluation = _evaluate(cfg, ckpt, progress)
     mining = run_cached(mine_task, "mine", cfg, split, cfg, ckpt, split)
-    dataset_name = publish_task(cfg, split) if fiftyone else None
+    dataset_name = publish_task(cfg, split, ckpt) if fiftyone else None
     explained = _explain(cfg, split, ckpt, progress, dask)
     modes = run_cached(cluster_task, "cluster", cfg, split, cfg, ckpt, split, progress)
     repair = run_cached(repair_task, "repair", cfg, split, cfg, ckpt, split, progress)

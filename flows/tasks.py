@@ -70,8 +70,8 @@ def retrain_task(cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = 
 
 # A database connection can drop; bad data cannot be retried away, so only these tasks retry.
 @task(name="publish-fiftyone", retries=2, retry_delay_seconds=5)
-def publish_task(cfg: E2XConfig, split: str) -> str:
-    return stages.publish_stage(cfg, split)
+def publish_task(cfg: E2XConfig, split: str, checkpoint: Path | None = None) -> str:
+    return stages.publish_stage(cfg, split, checkpoint=checkpoint)
 
 
 @task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)

@@ -92,6 +92,36 @@ def test_fiftyone_coco_eval_differs_only_on_crowds(fo_name, hand_case) -> None: 
     assert counts == res.metrics["outcomes"]
 
 
+def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case) -> None:  # noqa: F811
+    """Two checkpoints on the same dataset: two FiftyOne evaluation runs side by side (what the
+    App's Model Evaluation panel lists), each with its own predictions and mAP; rerunning one
+    replaces only its own."""
+    from e2x_pipeline import fiftyone_io
+    from e2x_pipeline.fiftyone_io.db import (
+        EVAL_MAX_PER_IMAGE,
+        EVAL_MIN_SCORE,
+        checkpoint_eval_key,
+    )
+
+    coco, det = hand_case
+    res = mine(det, coco, MiningConfig())
+    fiftyone_io.publish_mining(fo_name, coco, res.candidates, res.predictions, checkpoint_key="a1")
+    # "checkpoint b2" ranks its detections the other way round: a worse PR curve
+    weak = res.predictions.assign(score=(1 - res.predictions["score"]).clip(lower=0.06))
+    ds = fiftyone_io.publish_mining(fo_name, coco, res.candidates, weak, checkpoint_key="b2")
+    ds = fiftyone_io.publish_mining(fo_name, coco, res.candidates, weak, checkpoint_key="b2")
+    keys = [checkpoint_eval_key("a1"), checkpoint_eval_key("b2")]
+    assert sorted(ds.list_evaluations()) == keys == ["e2x_a1", "e2x_b2"]
+    a, b = (ds.load_evaluation_results(k) for k in keys)
+    assert a.mAP() > b.mAP() >= 0  # stored with mAP (PR curves in the App)
+    n_a = sum(len(x or []) for x in ds.values("e2x_a1_preds.detections"))
+    above = res.predictions[res.predictions["score"] > EVAL_MIN_SCORE]
+    want = above.groupby("image_id").size().clip(upper=EVAL_MAX_PER_IMAGE).sum()
+    assert n_a == int(want) > 0
+    # the outcome fields of the mining stage are untouched by the evaluation runs
+    assert "e2x_predictions" in ds.get_field_schema()
+
+
 def test_existing_dataset_with_another_schema_is_refused(fo_name, hand_case) -> None:  # noqa: F811
     import fiftyone as fo
 

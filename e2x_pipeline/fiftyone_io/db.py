@@ -246,13 +246,19 @@ def publish_mining(
     gt_field: str = GT_FIELD,
     pred_field: str = PRED_FIELD,
     min_score: float | None = None,
+    checkpoint_key: str | None = None,
+    iou: float = 0.5,
 ) -> Any:
     """Open/import the dataset, write GT (with outcomes), predictions, FN candidates and the
-    ``e2x-failures`` view. Idempotent: a rerun updates in place."""
+    ``e2x-failures`` view. Idempotent: a rerun updates in place. With ``checkpoint_key`` the
+    predictions are also stored as that checkpoint's evaluation run
+    (:func:`record_checkpoint_evaluation`)."""
     ds = open_coco_dataset(name, dataset, gt_field, causes, candidates)
     fn = candidates[candidates["outcome"] == "fn"]
     write_predictions(ds, dataset, predictions, pred_field, fn, min_score)
     save_failures_view(ds, pred_field, gt_field)
+    if checkpoint_key is not None:
+        record_checkpoint_evaluation(ds, checkpoint_key, iou, gt_field)
     return ds
 
 
@@ -264,14 +270,17 @@ def evaluate_with_fiftyone(
     iou: float = 0.5,
     method: str = "coco",
     min_score: float | None = None,
+    compute_mAP: bool = False,  # noqa: N803  (FiftyOne's own argument name)
+    max_per_image: int | None = None,
 ) -> dict[str, int]:
     """Run FiftyOne's ``evaluate_detections`` and return its tp / fp / fn counts.
 
     ``method`` is a FiftyOne detection method (``coco``, ``open-images``, ``activitynet``);
     FiftyOne 1.x has no ``voc`` method, and its ``coco`` one is greedy VOC/COCO matching.
     With ``min_score`` only predictions with ``confidence > min_score`` take part (the operating
-    threshold): they are copied into the field ``<eval_key>_preds`` first, and only that field
-    and the GT are loaded, because FiftyOne's per-sample save during evaluation grows
+    threshold), at most ``max_per_image`` of them per sample (the best): they are copied into
+    the field ``<eval_key>_preds`` first, and only that field and the GT are loaded, because
+    FiftyOne's per-sample save during evaluation grows
     quadratically with the labels a sample holds (minutes for 200 predictions per image). The
     evaluation is stored under ``eval_key`` (replaced when it exists).
     """
@@ -283,10 +292,14 @@ def evaluate_with_fiftyone(
         kept = f"{eval_key}_preds"
         _check_field(ds, kept, fo.Detections)
         ids, dets = ds.values(["id", f"{pred_field}.detections"])
+
+        def kept_labels(labels: list | None) -> list:
+            above = [d for d in (labels or []) if (d.confidence or 0) > min_score]
+            above.sort(key=lambda d: -(d.confidence or 0))
+            return [d.copy() for d in above[:max_per_image]]
+
         values = {
-            i: fo.Detections(
-                detections=[d.copy() for d in (labels or []) if (d.confidence or 0) > min_score]
-            )
+            i: fo.Detections(detections=kept_labels(labels))
             for i, labels in zip(ids, dets, strict=True)
         }
         ds.set_values(kept, values, key_field="id")
@@ -294,9 +307,54 @@ def evaluate_with_fiftyone(
     # only the two fields: FiftyOne re-saves every loaded field of each sample it evaluates
     view = ds.select_fields([pred_field, gt_field])
     view.evaluate_detections(
-        pred_field, gt_field=gt_field, eval_key=eval_key, iou=iou, method=method, progress=False
+        pred_field,
+        gt_field=gt_field,
+        eval_key=eval_key,
+        iou=iou,
+        method=method,
+        compute_mAP=compute_mAP,
+        progress=False,
     )
     return {k: int(ds.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
+
+
+EVAL_MIN_SCORE = 0.05
+EVAL_MAX_PER_IMAGE = 20
+"""The per-checkpoint evaluation runs take each image's best :data:`EVAL_MAX_PER_IMAGE`
+predictions scoring at least :data:`EVAL_MIN_SCORE`: FiftyOne's per-sample save grows
+quadratically with a sample's labels (an undertrained detector's 200 predictions per image took
+minutes per run), and the low-score tail adds little to a PR curve."""
+
+
+def checkpoint_eval_key(checkpoint_key: str) -> str:
+    """``e2x_<checkpoint key>``: the FiftyOne evaluation run of one checkpoint."""
+    key = "".join(c for c in checkpoint_key if c.isalnum())
+    return f"e2x_{key}"
+
+
+def record_checkpoint_evaluation(
+    ds: Any, checkpoint_key: str, iou: float = 0.5, gt_field: str = GT_FIELD
+) -> str:
+    """Store the current ``e2x_predictions`` as the FiftyOne evaluation run of one checkpoint.
+
+    The run is ``e2x_<checkpoint key>`` (:func:`checkpoint_eval_key`), computed with mAP and PR
+    curves so that the App's Model Evaluation panel shows it, over the predictions scoring at
+    least :data:`EVAL_MIN_SCORE`, copied into ``e2x_<key>_preds``. Another checkpoint gets its
+    own run and field, so the runs of two checkpoints live side by side and the App switches
+    between them; rerunning one checkpoint replaces its own run only.
+    """
+    eval_key = checkpoint_eval_key(checkpoint_key)
+    evaluate_with_fiftyone(
+        ds,
+        PRED_FIELD,
+        gt_field,
+        eval_key,
+        iou=iou,
+        min_score=EVAL_MIN_SCORE,
+        max_per_image=EVAL_MAX_PER_IMAGE,
+        compute_mAP=True,
+    )
+    return eval_key
 
 
 def delete_dataset(name: str) -> None:
