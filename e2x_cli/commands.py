@@ -227,9 +227,23 @@ def cmd_app(args: argparse.Namespace) -> int:
         return 0
     cfg = config(args)
     names = fiftyone_names(cfg, _split(cfg, args))
-    dataset = names["pool"] if args.view == "e2x-repair" else names["failures"]
+    dataset = app_dataset(names, args.view, args.dataset)
     fiftyone_io.launch_app(dataset, args.view, args.address, args.port, wait=True)
     return 0
+
+
+APP_DATASETS = ("mining", "failures", "pool")
+
+
+def app_dataset(names: dict[str, str], view: str, which: str | None) -> str:
+    """The FiftyOne dataset ``e2x app`` opens: ``mining`` (the split with every prediction and
+    the evaluation runs), ``failures`` (one sample per explained failure) or ``pool``; by
+    default the pool for ``e2x-repair`` and the failures otherwise."""
+    if which is None:
+        which = "pool" if view == "e2x-repair" else "failures"
+    if which not in APP_DATASETS:
+        raise ValueError(f"unknown --dataset {which!r}; choose one of {', '.join(APP_DATASETS)}")
+    return names["split" if which == "mining" else which]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -307,6 +307,12 @@ COMMANDS: tuple[Command, ...] = (
         flags=(
             split("split (default: data.eval_split)"),
             flag("--view", default="e2x-failures", help="saved view to open"),
+            flag(
+                "--dataset",
+                help="which E2X dataset: mining (the split, every prediction and the "
+                "per-checkpoint evaluation runs), failures or pool (default: pool for "
+                "e2x-repair, else failures)",
+            ),
             flag("--address", default="127.0.0.1", help="address to bind the App to"),
             flag("--port", type=int, default=5151, help="port of the App"),
             flag(

@@ -43,3 +43,14 @@ def test_explain_before_mine_says_what_to_run(tmp_path, capsys):
     assert main(["explain", "--output-dir", str(tmp_path / "run")]) == 1
     assert "run 'e2x mine --split val'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained on the way
+
+
+def test_app_opens_the_mining_failures_or_pool_dataset():
+    from e2x_cli.commands import app_dataset
+
+    names = {"split": "e2x-val", "failures": "e2x-val-failures", "pool": "e2x-pool"}
+    assert app_dataset(names, "e2x-failures", None) == "e2x-val-failures"
+    assert app_dataset(names, "e2x-repair", None) == "e2x-pool"
+    assert app_dataset(names, "e2x-failures", "mining") == "e2x-val"
+    with pytest.raises(ValueError, match="choose one of mining, failures, pool"):
+        app_dataset(names, "e2x-failures", "preds")
