@@ -60,9 +60,14 @@ def data_hash(cfg: E2XConfig, split: str) -> str:
     """Content hash of a split's annotation file and image files (memoised on their stats)."""
     if cfg.data.fiftyone is not None:  # the split's records (and images) as e2x reads them
         from e2x_pipeline.stages import open_split
-        from e2x_pipeline.training import dataset_hash
 
-        return dataset_hash(open_split(cfg, split))
+        ds = open_split(cfg, split)
+        # memoised like the files below: every stage key of a run asks, and hashing every
+        # image's bytes each time would read the split again and again
+        fo_key = (ds.records_hash, _stat_fingerprint([ds.image_path(i) for i in ds.image_ids]))
+        if fo_key not in _memo:
+            _memo[fo_key] = ds.content_hash()
+        return _memo[fo_key]
     spec = cfg.data.split(split)
     ann = Path(spec.annotations)
     # every file under the image folder, subfolders too (file_names may name them)

@@ -106,6 +106,13 @@ def coco_relative_box(bbox: Box, w: float, h: float) -> list[float]:
     return [x / w, y / h, bw / w, bh / h]
 
 
+def coco_absolute_box(rel: Box, w: float, h: float) -> list[float]:
+    """The inverse of :func:`coco_relative_box`: FiftyOne's ``[x, y, w, h]`` relative box ->
+    COCO ``[x W, y H, w W, h H]`` in pixels."""
+    x, y, bw, bh = (float(v) for v in rel)
+    return [x * w, y * h, bw * w, bh * h]
+
+
 def coco_detection(
     ann: Mapping[str, Any], categories: Mapping[int, str], w: float, h: float, **attrs: Any
 ) -> dict[str, Any]:

@@ -14,9 +14,10 @@ How a sample becomes a COCO record (:func:`coco_document`, pure):
 * the image id is the ``id_field`` (e.g. FiftyOne's COCO importer's ``<label_field>_coco_id``)
   or, without one, 1.. in filepath order;
 * each ``Detection`` of ``gt_field`` becomes an annotation: ``bbox = [x w, y h, bw w, bh h]``
-  from the relative ``bounding_box`` (the exact inverse of FiftyOne's COCO importer, which
-  divides by the image size), ``category_id`` from the label, ``id`` from the detection's
-  ``coco_id`` attribute (``include_annotation_id=True``) or 1.. in sample order;
+  from the relative ``bounding_box`` (:func:`~.convert.coco_absolute_box`, the exact inverse of
+  FiftyOne's COCO importer, which divides by the image size), ``category_id`` from the
+  label, ``id`` from the detection's ``coco_id`` attribute (``include_annotation_id=True``)
+  or 1.. in sample order;
 * categories are ``info["categories"]`` (what FiftyOne's COCO importer stores) when present,
   else the field's class list (``classes[gt_field]`` / ``default_classes``), else the labels in
   sorted order, numbered from 1.
@@ -34,6 +35,7 @@ from PIL import Image
 
 from ..config import FiftyOneSource
 from ..data.coco import CocoDataset, DatasetError, parse_coco
+from .convert import coco_absolute_box
 from .db import _fo
 
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
@@ -82,14 +84,13 @@ def coco_document(
                     f"is not among the categories {sorted(cat_id)}; add it to the dataset's "
                     "info['categories'] (or its classes), or fix the label"
                 )
-            x, y, bw, bh = d["bounding_box"]
             ann_id = d.get("coco_id")
             anns.append(
                 {
                     "id": int(ann_id) if isinstance(ann_id, int) else next_ann,
                     "image_id": int(image_id),
                     "category_id": cat_id[d["label"]],
-                    "bbox": [x * w, y * h, bw * w, bh * h],
+                    "bbox": coco_absolute_box(d["bounding_box"], w, h),
                     "iscrowd": int(d.get("iscrowd") or 0),
                 }
             )
