@@ -303,11 +303,33 @@ def format_stage(stage: str, result) -> str:
     return result["table"]  # cluster, repair
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from e2x_pipeline.history import HistoryStore, format_history, trend_table
+
+    store = HistoryStore(config(args).layout.history)
+    if args.json:
+        runs = store.runs()
+        out = {
+            "runs": json.loads(runs.to_json(orient="records")),
+            "modes": json.loads(trend_table(store).to_json(orient="records")),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_history(store))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.pipeline import e2x_pipeline
 
     cfg = config(args)
-    if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
+    if args.watch is not None and not args.watch.is_dir():
+        raise FileNotFoundError(f"--watch {args.watch} is not a folder")
+    if (
+        args.watch is None
+        and cfg.model.checkpoint is not None
+        and not Path(cfg.model.checkpoint).is_file()
+    ):
         raise FileNotFoundError(f"model.checkpoint {cfg.model.checkpoint} does not exist")
     schedule = {"cron": args.cron} if args.cron else {"interval": args.interval}
     print(

@@ -35,6 +35,9 @@ def print_summary(summary: dict) -> None:
 
         print("\n== 6. Before/after: retrained with the repair set ==")
         print(format_retrain(summary["retrain"]))
+    if summary.get("history"):
+        print("\n== Run history (e2x history) ==")
+        print(summary["history"]["markdown"])
     if summary.get("report"):
         print(f"\nHTML report: {summary['report']}")
     print(f"\ndemo finished in {summary['seconds']} s")
@@ -44,6 +47,9 @@ def print_run(summary: dict) -> None:
     """What ``e2x run`` prints: the demo's summary without the benchmark's story headings."""
     from e2x_pipeline.evaluation import format_evaluation
 
+    if summary.get("skipped"):  # --watch found nothing newer
+        print(f"run skipped: {summary['reason']}")
+        return
     print(f"checkpoint: {summary['checkpoint']}")
     if summary.get("evaluation"):
         print(format_evaluation(summary["evaluation"]))
@@ -56,6 +62,8 @@ def print_run(summary: dict) -> None:
         from e2x_pipeline.retrain import format_retrain
 
         print(format_retrain(summary["retrain"]))
+    if summary.get("history"):
+        print(summary["history"]["markdown"])
     for key, name in (summary.get("fiftyone_datasets") or {}).items():
         print(f"FiftyOne {key}: '{name}'")
     if summary.get("report"):

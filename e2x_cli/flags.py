@@ -125,6 +125,13 @@ def run_flow(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not retrain with the repair set (it needs the pool's labels)",
     )
+    p.add_argument(
+        "--watch",
+        type=Path,
+        metavar="DIR",
+        help="run on the newest checkpoint (*.pt, *.pth) in DIR instead of model.checkpoint, and "
+        "skip the run when it is not newer than the last recorded run's (e2x history)",
+    )
     dask(p)
 
 
@@ -174,4 +181,5 @@ def flow_parameters(cfg: E2XConfig, args: argparse.Namespace) -> dict:
         "benchmark": bool(args.make_benchmark),
         "retrain": not args.no_retrain,
         "dask": dask_options(args),
+        "watch": str(args.watch.resolve()) if getattr(args, "watch", None) else None,
     }

@@ -104,11 +104,25 @@ COMMANDS: tuple[Command, ...] = (
         description="Serve the e2x-pipeline flow as a Prefect deployment that runs on a cron "
         "schedule or an interval, against the configured checkpoint (model.checkpoint). When the "
         "checkpoint or data changed the run does the work; otherwise the task cache makes it "
-        "cheap. Needs a Prefect server: start one with 'prefect server start --host 127.0.0.1 "
+        "cheap. With --watch DIR each run takes the newest checkpoint in DIR and is skipped when "
+        "it is not newer than the last recorded run's. Needs a Prefect server: start one with "
+        "'prefect server start --host 127.0.0.1 "
         "--port 4200' and export PREFECT_API_URL=http://127.0.0.1:4200/api (UI at "
         "http://127.0.0.1:4200). Runs until Ctrl-C.",
         handler=cmd.cmd_serve,
         flags=(flags.run_flow, flags.schedule),
+    ),
+    Command(
+        "history",
+        help="failure modes across runs: what each run closed, kept and opened",
+        description="Print the run history of output_dir (history.sqlite, one record per "
+        "'e2x run' / 'e2x demo' / scheduled run): each run's checkpoint, its hash and parent, "
+        "mAP@0.5, then per failure mode (a stable id across checkpoints) its status run by run: "
+        "new, kept (persisting) or closed, with the share of the previous run's members still "
+        "failing. Modes are matched by their member failures and a pixel-only embedding "
+        "(e2x_pipeline/history.py). --json prints the same as JSON.",
+        handler=cmd.cmd_history,
+        flags=(flag("--json", action="store_true", help="print the runs and modes as JSON"),),
     ),
     Command(
         "report",

@@ -293,6 +293,16 @@ class RetrainConfig(_Section):
     eval_split: str = "test"
 
 
+class HistoryConfig(_Section):
+    """The run history and matching failure modes across runs (e2x_pipeline/history.py)."""
+
+    match_threshold: float = Field(0.3, ge=0, le=1)
+    """Two runs' modes match when their similarity is at least this."""
+    member_weight: float = Field(0.5, ge=0, le=1)
+    """Weight of the members' Jaccard index in the similarity; the rest is the pixel-descriptor
+    overlap of the modes' features."""
+
+
 class E2XConfig(_Section):
     seed: int = 0
     device: str = "auto"
@@ -307,6 +317,7 @@ class E2XConfig(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     repair: RepairConfig = Field(default_factory=RepairConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
 
     @field_validator("device")
     @classmethod

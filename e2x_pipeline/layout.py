@@ -12,6 +12,7 @@ output, for a path that must exist (``layout.require("candidates")``), which rai
       evaluation-<split>.json           evaluate
       retrain.json                      retrain
       summary.json                      demo / run
+      history.sqlite                    run, demo: one record per run (e2x history)
       export/<name>/                    export
       <split>/                          one SplitLayout per split (the pool's too)
         candidates.parquet ...          mine
@@ -166,6 +167,7 @@ class RunLayout:
 
     retrain_summary = Table("retrain.json", "retrain")
     run_summary = Table("summary.json", "demo")
+    history = Table("history.sqlite", "run")
 
     @property
     def root(self) -> Path:

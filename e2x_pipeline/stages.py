@@ -270,8 +270,11 @@ def repair_stage(cfg: E2XConfig, detector: Detector, split: str, progress: bool 
     )
 
 
-def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
-    """Explained failures with their heatmaps and failure modes, as a FiftyOne dataset."""
+def publish_failures_stage(
+    cfg: E2XConfig, split: str, stable_ids: dict[int, str] | None = None
+) -> str:
+    """Explained failures with their heatmaps and failure modes, as a FiftyOne dataset;
+    ``stable_ids`` (from :func:`history_stage`) add a saved view per mode named by its id."""
     import pandas as pd
 
     from . import fiftyone_io
@@ -289,6 +292,7 @@ def publish_failures_stage(cfg: E2XConfig, split: str) -> str:
         pd.read_parquet(features) if features.is_file() else None,
         pd.read_parquet(modes) if modes.is_file() else None,
         run=run_record(cfg, split),  # what the App's explain-on-demand operator reruns with
+        stable_ids=stable_ids,
     )
     return name
 
@@ -385,6 +389,41 @@ def retrain_stage(
     }
     write_json(cfg.layout.retrain_summary, result)
     return result
+
+
+def history_stage(cfg: E2XConfig, split: str, checkpoint: Path) -> dict:
+    """Record this run in ``<output_dir>/history.sqlite`` and compare its failure modes with the
+    previous run's on the same split (:mod:`e2x_pipeline.history`); returns the comparison.
+
+    The record's metrics are the split's evaluation (``evaluation-<split>.json``, when the run
+    evaluated it) and the cluster stage's adjusted Rand index."""
+    from .explain.stage import segments_key
+    from .history import HistoryStore, build_run_record, comparison_summary
+
+    layout = cfg.split_layout(split)
+    metrics: dict = {}
+    ev = cfg.layout.evaluation(split)
+    if ev.is_file():
+        evaluation = json.loads(ev.read_text())
+        metrics.update({k: evaluation.get(k) for k in ("map50", "recall_clean")})
+        metrics["recall_by_cause"] = evaluation.get("recall_by_cause")
+    if layout.cluster_summary.is_file():
+        ari = json.loads(layout.cluster_summary.read_text()).get("adjusted_rand_index")
+        metrics["adjusted_rand_index"] = ari
+    config_hash = cfg.section_hash("mining", "explain", "cluster", "history")
+    record = build_run_record(
+        layout.root,
+        split,
+        open_split(cfg, split).content_hash(),
+        config_hash,
+        Path(checkpoint),
+        segments_key(cfg.explain),
+        metrics,
+    )
+    store = HistoryStore(cfg.layout.history)
+    previous = store.previous_run(record)
+    comparison = store.record(record, cfg.history.match_threshold, cfg.history.member_weight)
+    return comparison_summary(comparison, previous, record.run_key)
 
 
 def explain_summary(table: pd.DataFrame, overlays: list[Path]) -> dict:

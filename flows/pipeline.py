@@ -27,6 +27,7 @@ from .tasks import (  # noqa: F401  (re-exported: these used to live here)
     default_eval_splits,
     evaluate_task,
     explain_task,
+    history_task,
     make_benchmark_task,
     mine_task,
     publish_failures_task,
@@ -78,10 +79,12 @@ def _stages(
     retrained = None
     if retrain and stages.pool_labels(cfg) is not None:
         retrained = run_cached(retrain_task, "retrain", cfg, split, cfg, ckpt, split, progress)
+    history = history_task(cfg, split, ckpt)
     names = {}
     if fiftyone:
+        stable_ids = {m["mode_id"]: m["stable_id"] for m in history["modes"]}
         names = {
-            "failures": publish_failures_task(cfg, split),
+            "failures": publish_failures_task(cfg, split, stable_ids),
             "pool": publish_repair_task(cfg, split),
         }
     out = {
@@ -92,6 +95,7 @@ def _stages(
         "explain": explained,
         "failure_modes": modes,
         "repair": repair,
+        "history": history,
         "fiftyone_datasets": names,
     }
     return out if retrained is None else {**out, "retrain": retrained}
@@ -133,6 +137,13 @@ def _summary_artifacts(cfg: E2XConfig, split: str, summary: dict, report: Path |
         table=mode_rows(summary["failure_modes"].get("modes", [])),
         description="Failure modes: clusters of failing features",
     )
+    history = summary.get("history")
+    if history:
+        create_markdown_artifact(
+            key="e2x-history",
+            markdown="## Failure modes since the previous run\n\n" + history["markdown"],
+            description="What this run closed, kept and opened (e2x history)",
+        )
     create_table_artifact(
         key="e2x-repair-set",
         table=repair_rows(cfg, split),
@@ -150,6 +161,7 @@ def e2x_pipeline(
     benchmark: bool = False,
     retrain: bool = True,
     dask: dict | None = None,
+    watch: str | None = None,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
     -> retrain -> report. ``benchmark=True`` (``e2x demo``, ``e2x run --make-benchmark``) first
@@ -157,12 +169,23 @@ def e2x_pipeline(
     hold the generator's own marker; without it the flow never writes under ``data``.
     Retraining runs when ``retrain`` and the pool has labels
     (``repair.pool_labels`` or the benchmark's). ``dask`` (``flows.runners.dask_options``) runs
-    the explain stage in chunks of images on Dask workers."""
+    the explain stage in chunks of images on Dask workers. ``watch`` (a folder) runs on the newest
+    checkpoint there and skips the run when it is not newer than the last recorded run's
+    (:func:`e2x_pipeline.history.watch_decision`)."""
     cfg = E2XConfig.model_validate(config)
     split = cfg.data.eval_split
     t0 = time.perf_counter()
     if benchmark:
         make_benchmark_task(cfg)
+    if watch:
+        from e2x_pipeline.history import HistoryStore, watch_decision
+
+        picked, reason = watch_decision(watch, HistoryStore(cfg.layout.history))
+        print(f"watching {watch}: {reason}")
+        if picked is None:
+            return {"skipped": True, "reason": reason, "watch": watch}
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": picked})})
+        config = cfg.model_dump(mode="json")
     check_data(cfg, split)
     ckpt, meta = trained_checkpoint(cfg, progress)
     results = _stages(cfg, split, ckpt, progress, fiftyone, retrain, dask)

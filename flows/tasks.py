@@ -75,8 +75,16 @@ def publish_task(cfg: E2XConfig, split: str, checkpoint: Path | None = None) -> 
 
 
 @task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)
-def publish_failures_task(cfg: E2XConfig, split: str) -> str:
-    return stages.publish_failures_stage(cfg, split)
+def publish_failures_task(
+    cfg: E2XConfig, split: str, stable_ids: dict[int, str] | None = None
+) -> str:
+    return stages.publish_failures_stage(cfg, split, stable_ids)
+
+
+# Not cached: recording is cheap, and a rerun must see (and replace) the run's own record.
+@task(name="history")
+def history_task(cfg: E2XConfig, split: str, checkpoint: Path) -> dict:
+    return stages.history_stage(cfg, split, checkpoint)
 
 
 @task(name="publish-repair-set", retries=2, retry_delay_seconds=5)

@@ -284,7 +284,7 @@ def test_bad_segments_rejected(image, linear_setup):
 # Stage: table, maps, rerun skip; overlay -----------------------------------------------------
 
 
-def test_explain_candidates_table_and_rerun(tmp_path, linear_setup):
+def test_explain_candidates_table_and_rerun(tmp_path, linear_setup, monkeypatch):
     det, segments, *_ = linear_setup
     rows = []
     for image_id in (7, 8):
@@ -339,7 +339,24 @@ def test_explain_candidates_table_and_rerun(tmp_path, linear_setup):
     pd.testing.assert_frame_equal(again, table)  # nothing recomputed
     cfg2 = cfg.model_copy(update={"k": 4})
     more = explain_candidates(det, cands, cfg2, out, progress=False)
-    assert len(more) == len(table) + 6 * 5  # new params hash for e2x only
+    # a changed e2x setting explains e2x again and replaces its rows; drise's rows stay
+    assert len(more) == len(table)
+    e2x_old = table[table["method"] == "e2x"]["params_hash"].unique()
+    e2x_new = more[more["method"] == "e2x"]["params_hash"].unique()
+    assert len(e2x_new) == 1 and e2x_new[0] not in set(e2x_old)
+    keep = ["candidate_id", "method", "output", "params_hash"]
+    drise = (more["method"] == "drise", table["method"] == "drise")
+    pd.testing.assert_frame_equal(
+        more[drise[0]][keep].reset_index(drop=True), table[drise[1]][keep].reset_index(drop=True)
+    )
+    # another checkpoint (other weights) explains everything again, replacing its rows
+    # (the linear detector keeps its weights outside a module: stand in for their fingerprint)
+    import e2x_pipeline.explain.stage as stage_module
+
+    monkeypatch.setattr(stage_module, "detector_fingerprint", lambda d: "other-weights")
+    moved = explain_candidates(det, cands, cfg2, out, progress=False)
+    assert len(moved) == len(table)
+    assert not set(moved["params_hash"]) & set(more["params_hash"])
 
 
 def test_explain_image_shares_segments(image, linear_setup):

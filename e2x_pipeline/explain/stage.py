@@ -7,8 +7,10 @@ segmentation. :func:`explain_candidates` groups a candidates table by image, exp
 float16 map per ``candidate_id|method|output``) and writes ``<out_dir>/explanations.parquet``.
 
 A rerun skips every (candidate_id, method, output, params_hash) already in the table; the params
-hash covers the method's settings and the seed, so a changed setting explains again. Box-coordinate
-maps (``cfg.box_maps``) are made by the gradient methods (E2X, IG), as ODAM / ODSmoothGrad do.
+hash covers the method's settings, the seed and the detector's weights, so a changed setting or
+another checkpoint explains again (and that method's rows under the old hash are dropped).
+Box-coordinate maps (``cfg.box_maps``) are made by the gradient methods (E2X, IG), as ODAM /
+ODSmoothGrad do.
 Candidates without a detector candidate (``anchor == -1``, uncovered FNs) have no output to
 follow: gradient and perturbation methods record them as invalid rows with that reason; D-RISE,
 which only needs the box and class, explains them.
@@ -222,9 +224,21 @@ class _ExplainRun:
             if table_path.is_file()
             else pd.DataFrame(columns=list(TABLE_COLUMNS))
         )
+        # the detector's weights enter the hash: another checkpoint's explanations of the same
+        # candidate id (same anchor and label) are not this one's, so they are explained again
+        weights = (
+            detector_fingerprint(next(iter(explainers.values())).detector) if explainers else ""
+        )
+        self.hashes = {
+            m: params_hash(m, {**e.params(), "detector": weights}, seed)
+            for m, e in explainers.items()
+        }
+        if len(self.existing):  # rows of these methods under other settings or weights go
+            current = self.existing["method"].map(self.hashes)
+            stale = current.notna() & (current != self.existing["params_hash"])
+            self.existing = self.existing[~stale].reset_index(drop=True)
         cols = ("candidate_id", "method", "output", "params_hash")
         self.done = set(zip(*(self.existing[c] for c in cols), strict=True))
-        self.hashes = {m: params_hash(m, e.params(), seed) for m, e in explainers.items()}
         self.seg_key = segments_key(cfg)
         self.new_rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
@@ -290,7 +304,9 @@ class _ExplainRun:
                 image, targets, output, segments=segments, candidate_ids=cids
             ):
                 arrays[f"{exp.candidate_id}|{method}|{output}"] = _compact(exp.pixel_map)
-                self.new_rows.append(_row(exp, image_id, map_rel, self.seg_key))
+                row = _row(exp, image_id, map_rel, self.seg_key)
+                row["params_hash"] = self.hashes[method]  # with the weights' fingerprint
+                self.new_rows.append(row)
         _write_maps(self.layout.map_file(image_id), arrays)
 
     def flush(self) -> pd.DataFrame:
@@ -310,6 +326,17 @@ class _ExplainRun:
         # A killed run keeps what was flushed; the rerun explains only the rest.
         if time.monotonic() - self.last_flush >= _flush_seconds():
             self.flush()
+
+
+def detector_fingerprint(detector: Detector) -> str:
+    """A short sha256 of the detector's parameters and buffers (its weights, not its file)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in detector.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def explain_candidates(

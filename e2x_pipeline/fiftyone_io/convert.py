@@ -76,6 +76,12 @@ def mode_view(mode: int) -> str:
     return MODE_VIEW.format(mode=int(mode))
 
 
+def stable_mode_view(stable_id: str) -> str:
+    """``e2x-mode-<stable id>``: the saved view of a failure mode that keeps its name from
+    checkpoint to checkpoint (the run history's id, e.g. ``e2x-mode-fn-camouflage-like-1``)."""
+    return MODE_VIEW_PREFIX + str(stable_id)
+
+
 def mode_tag(mode: int) -> str:
     """``mode-<k>``: the label and tag of failure mode ``k``."""
     return f"mode-{int(mode)}"

@@ -102,18 +102,24 @@ def _heatmaps(fo: Any, expl: pd.DataFrame, keys: list[str], split_dir: Path) -> 
     return heatmaps
 
 
-def _save_mode_views(ds: Any, modes: pd.DataFrame | None) -> None:
-    """``e2x-failures`` (all, best score first) and ``e2x-mode-<k>`` per mode; drop stale modes."""
+def _save_mode_views(
+    ds: Any, modes: pd.DataFrame | None, stable_ids: Mapping[int, str] | None = None
+) -> None:
+    """``e2x-failures`` (all, best score first) and ``e2x-mode-<k>`` per mode, plus
+    ``e2x-mode-<stable id>`` for the modes that ``stable_ids`` names; drop stale modes."""
     from fiftyone import ViewField as F
 
     ds.save_view(FAILURES_VIEW, ds.sort_by("e2x_score", reverse=True), overwrite=True)
     wanted = set()
     if modes is not None:
         for m in modes["mode_id"]:
-            view_name = convert.mode_view(m)
-            wanted.add(view_name)
             view = ds.match(F("e2x_failure_mode") == int(m)).sort_by("e2x_score", reverse=True)
-            ds.save_view(view_name, view, overwrite=True)
+            names = [convert.mode_view(m)]
+            if stable_ids and int(m) in stable_ids:
+                names.append(convert.stable_mode_view(stable_ids[int(m)]))
+            for view_name in names:
+                wanted.add(view_name)
+                ds.save_view(view_name, view, overwrite=True)
     for v in ds.list_saved_views():
         if v.startswith(MODE_VIEW_PREFIX) and v not in wanted:
             ds.delete_saved_view(v)
@@ -129,6 +135,7 @@ def publish_failures(
     modes: pd.DataFrame | None = None,
     gt_field: str = GT_FIELD,
     run: Mapping[str, Any] | None = None,
+    stable_ids: Mapping[int, str] | None = None,
 ) -> Any:
     """One sample per explained failure in the dataset ``name``, keyed by ``candidate_id``.
 
@@ -137,7 +144,8 @@ def publish_failures(
     the map's max |value|, one per method that explained it, E2X first); ``e2x_failure_mode``,
     ``e2x_error_type``, ``e2x_outcome``, ``e2x_score``; ``e2x_features`` (the failing
     superpixels' boxes, labelled with their mode). Tags: outcome, error type and ``mode-<k>``.
-    Saved views: ``e2x-failures`` (all, by mode then score) and ``e2x-mode-<k>`` per mode.
+    Saved views: ``e2x-failures`` (all, by mode then score) and ``e2x-mode-<k>`` per mode; with
+    ``stable_ids`` (mode id -> the run history's stable id) also ``e2x-mode-<stable id>``.
     A rerun updates in place; samples of candidates no longer explained are removed.
     ``run`` (:func:`e2x_pipeline.run_record.run_record`) is stored in ``ds.info["e2x_run"]``, so
     that the App's "E2X: explain selected samples" operator can explain samples again.
@@ -174,7 +182,7 @@ def publish_failures(
     if run is not None:
         ds.info = {**(ds.info or {}), RUN_INFO_KEY: dict(run)}
     _show_heatmaps(ds, sorted(heatmaps), gt_field)  # saves the dataset (and its info)
-    _save_mode_views(ds, modes)
+    _save_mode_views(ds, modes, stable_ids)
     return ds
 
 
