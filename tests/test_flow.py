@@ -82,5 +82,39 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     failures.reload()
     pool.reload()
     assert len(failures) == n_failures_ds and len(pool) == 40
+    # the run history: the rerun replaced its record; each mode has a view by its stable id
+    from e2x_pipeline.history import HistoryStore
+
+    store = HistoryStore(tmp_path / "run" / "history.sqlite")
+    assert len(store.runs()) == 1
+    stable = [m["stable_id"] for m in summary2["history"]["modes"]]
+    assert stable == [m["stable_id"] for m in summary["history"]["modes"]] and stable
+    assert {f"e2x-mode-{s}" for s in stable} <= set(failures.list_saved_views())
+
+    # --watch: nothing newer than the last run's checkpoint -> skipped; a newer one -> a run that
+    # compares with the first
+    import os
+    import shutil
+
+    from e2x_pipeline.detectors import load_checkpoint, save_checkpoint
+
+    watch = tmp_path / "ckpts"
+    watch.mkdir()
+    shutil.copy2(summary["checkpoint"], watch / "base.pt")
+    quiet = {"progress": False, "fiftyone": False, "report": False, "retrain": False}
+    skipped = e2x_pipeline(cfg.model_dump(mode="json"), watch=str(watch), **quiet)
+    assert skipped["skipped"] and "last run" in skipped["reason"]
+    state, meta = load_checkpoint(summary["checkpoint"])
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] * 0.9  # another checkpoint of the same detector
+    save_checkpoint(watch / "next.pt", state, {**meta, "parent": str(watch / "base.pt")})
+    t = (watch / "base.pt").stat().st_mtime + 60
+    os.utime(watch / "next.pt", (t, t))
+    third = e2x_pipeline(cfg.model_dump(mode="json"), watch=str(watch), **quiet)
+    assert Path(third["checkpoint"]) == watch / "next.pt"
+    runs = store.runs()
+    assert len(runs) == 2 and runs["previous_key"].iloc[1] == runs["run_key"].iloc[0]
+    assert runs["parent"].iloc[1] == str(watch / "base.pt")
+    assert third["history"]["previous_seq"] == 1
     for name in ("e2x-test-flow", failures.name, pool.name):
         fo.delete_dataset(name)
