@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .config import ExplainConfig, RepairConfig
 from .data.coco import CocoDataset, load_image
-from .detectors.base import Detector
+from .detectors.base import Detector, model_fingerprint
 from .explain.superpixels import slic_segments
 from .features import RegionEmbedder, all_segment_boxes
 from .io_utils import atomic_write, write_json, write_table
@@ -65,15 +65,6 @@ REPAIR_COLUMNS = [
 class RepairResult:
     repair_set: pd.DataFrame
     metrics: dict
-
-
-def model_fingerprint(detector: Detector) -> str:
-    """Hash of the model's weights: a changed checkpoint re-embeds the pool."""
-    h = hashlib.sha256()
-    for name, t in detector.model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _pool_key(
@@ -336,7 +327,7 @@ def run_repair_stage(
         embedder,
         explain,
         pool_dir,
-        model_fingerprint(detector),
+        model_fingerprint(detector),  # a changed checkpoint re-embeds the pool
         progress,
         cfg.batch_size,
     )

@@ -353,7 +353,7 @@ def test_explain_candidates_table_and_rerun(tmp_path, linear_setup, monkeypatch)
     # (the linear detector keeps its weights outside a module: stand in for their fingerprint)
     import e2x_pipeline.explain.stage as stage_module
 
-    monkeypatch.setattr(stage_module, "detector_fingerprint", lambda d: "other-weights")
+    monkeypatch.setattr(stage_module, "model_fingerprint", lambda d: "other-weights")
     moved = explain_candidates(det, cands, cfg2, out, progress=False)
     assert len(moved) == len(table)
     assert not set(moved["params_hash"]) & set(more["params_hash"])

@@ -282,3 +282,14 @@ class Detector(ABC):
             lab = torch.tensor([t.label for t in targets], device=d.scores.device)
             return d.scores[:, cand, lab]
         return d.boxes[:, cand, BOX_COORDS[output]]
+
+
+def model_fingerprint(detector: Detector) -> str:
+    """A short sha256 of the detector's parameters and buffers (its weights, not its file)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in detector.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

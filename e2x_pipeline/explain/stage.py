@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..config import ExplainConfig
 from ..data.coco import load_image
-from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput
+from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput, model_fingerprint
 from ..io_utils import atomic_write, write_table
 from ..layout import SplitLayout
 from .base import Explainer, Explanation, params_hash
@@ -226,9 +226,7 @@ class _ExplainRun:
         )
         # the detector's weights enter the hash: another checkpoint's explanations of the same
         # candidate id (same anchor and label) are not this one's, so they are explained again
-        weights = (
-            detector_fingerprint(next(iter(explainers.values())).detector) if explainers else ""
-        )
+        weights = model_fingerprint(next(iter(explainers.values())).detector) if explainers else ""
         self.hashes = {
             m: params_hash(m, {**e.params(), "detector": weights}, seed)
             for m, e in explainers.items()
@@ -326,17 +324,6 @@ class _ExplainRun:
         # A killed run keeps what was flushed; the rerun explains only the rest.
         if time.monotonic() - self.last_flush >= _flush_seconds():
             self.flush()
-
-
-def detector_fingerprint(detector: Detector) -> str:
-    """A short sha256 of the detector's parameters and buffers (its weights, not its file)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in detector.model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def explain_candidates(
