@@ -90,6 +90,7 @@ def test_pipeline_flow_runs_and_reruns_idempotently(
     stable = [m["stable_id"] for m in summary2["history"]["modes"]]
     assert stable == [m["stable_id"] for m in summary["history"]["modes"]] and stable
     assert {f"e2x-mode-{s}" for s in stable} <= set(failures.list_saved_views())
+    assert "Failure modes across runs" in report.read_text() and stable[0] in report.read_text()
 
     # --watch: nothing newer than the last run's checkpoint -> skipped; a newer one -> a run that
     # compares with the first

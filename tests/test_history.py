@@ -213,3 +213,20 @@ def test_watch_picks_the_newest_checkpoint_and_skips_when_nothing_is_newer(tmp_p
     assert watch_decision(watch, store)[0] == b
     with pytest.raises(HistoryError, match="not a folder"):
         watch_decision(tmp_path / "missing", store)
+
+
+def test_trend_chart_is_a_picture_of_the_history(tmp_path: Path):
+    from PIL import Image
+
+    from e2x_pipeline.report.plots import history_trend_chart
+
+    store = HistoryStore(tmp_path / "history.sqlite")
+    store.record(_base_run())
+    store.record(_retrained_run())
+    trend = trend_table(store)
+    # one line per mode: new modes start at 1.0; the camouflage mode ends closed at 0.2
+    camo = trend[trend["stable_id"] == "fn-camouflage-like-1"]["share_failing"].tolist()
+    assert camo == [1.0, pytest.approx(0.2)]
+    history_trend_chart(trend, tmp_path / "trend.png")
+    with Image.open(tmp_path / "trend.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200

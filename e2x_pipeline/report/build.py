@@ -313,6 +313,30 @@ class ReportBuilder:
             raw=raw,
         )
 
+    def history(self) -> None:
+        """The run history: per failure mode, its status and share still failing, run by run."""
+        from ..history import HistoryStore, trend_table
+
+        store = HistoryStore(self.cfg.layout.history)
+        if not store.exists():
+            return
+        trend = trend_table(store)
+        if not len(trend):
+            return
+        chart = None
+        if trend["seq"].nunique() > 1:
+            path, rel = self._rel("history-trend.png")
+            plots.history_trend_chart(trend, path)
+            chart = img(rel, "share of each failure mode's members still failing, run by run")
+        rows = trend.to_dict("records")
+        self.add(
+            "history",
+            "Failure modes across runs",
+            store=store.path.name,
+            chart=chart,
+            rows=table(rows),
+        )
+
     def bench(self) -> None:
         if self.bench_dir is None or not Path(self.bench_dir).is_dir():
             return
@@ -418,6 +442,7 @@ def build_report(
     rb.modes()
     rb.repair(Images(_images_dir(cfg, cfg.repair.pool_split)))
     rb.retrain()
+    rb.history()
     rb.bench()
     rb.links()
     return rb.write(run_id)

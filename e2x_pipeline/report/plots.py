@@ -194,3 +194,24 @@ def copy_png(src: Path, dst: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def history_trend_chart(trend: pd.DataFrame, path: Path) -> None:
+    """Per failure mode (stable id), the share of its members still failing, run by run
+    (``history.trend_table``: 1.0 where the mode is new; a closed mode's last point is the run
+    that closed it)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for sid, g in trend.groupby("stable_id", sort=True):
+        g = g.sort_values("seq")
+        style = "--" if g["kind"].iloc[0] == "fp" else "-"
+        ax.plot(g["seq"], g["share_failing"], style, marker="o", label=sid)
+    runs = sorted(trend["seq"].unique())
+    ax.set_xticks(runs, [f"run {s}" for s in runs])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("share of members still failing")
+    ax.set_title("Failure modes across runs (solid: FN, dashed: FP)")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    _save_figure(fig, path)
