@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..config import E2XConfig, ExplainConfig, MetricsConfig
 from ..data.coco import load_image
-from ..detectors.base import Detector, Target
+from ..detectors.base import Detector, Target, model_fingerprint
 from ..explain.base import params_hash
 from ..explain.registry import explainer_class, get_explainer
 from ..explain.superpixels import make_reference
@@ -277,7 +277,7 @@ def explanation_metrics(
             fill = counterfactual_fill(img.image, cfg, explain_cfg, mean)
             _add_counterfactual(img, detector, cands, cfg, fill, threshold)
         if randomized is not None:
-            _sanity(randomized, img, cands, explain_cfg, mean, seed)
+            _sanity(randomized, img, cands, explain_cfg, mean, seed, model_fingerprint(detector))
         out.extend(img.recs.values())
     rho_cols = [f"rho_vs_{m}" for m in methods]
     table = pd.DataFrame(out, columns=[*METRIC_COLUMNS, *rho_cols])
@@ -313,11 +313,13 @@ def _sanity(
     explain_cfg: ExplainConfig,
     mean: torch.Tensor | None,
     seed: int,
+    weights: str,
 ) -> None:
-    """Re-explain the image's valid rows with the randomised detector; fill ``sanity_*``."""
+    """Re-explain the image's valid rows with the randomised detector; fill ``sanity_*``.
+    ``weights`` is the explained detector's fingerprint, which the rows' params hash carries."""
     for method, g in img.group.groupby("method"):
         explainer = get_explainer(str(method), randomized, explain_cfg, seed, mean=mean)
-        current = params_hash(str(method), explainer.params(), seed)
+        current = params_hash(str(method), {**explainer.params(), "detector": weights}, seed)
         todo = _sanity_rows(g, img, cands, str(method), current)
         if not todo:
             continue
