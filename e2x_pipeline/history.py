@@ -190,15 +190,18 @@ def failing_set(candidates: pd.DataFrame) -> list[str]:
 # ---- the fixed embedder ----
 
 
-def pixel_descriptor(image: np.ndarray, mask: np.ndarray, box: Sequence[float]) -> np.ndarray:
+def pixel_descriptor(
+    image: np.ndarray, mask: np.ndarray, box: Sequence[float], lab: np.ndarray | None = None
+) -> np.ndarray:
     """A checkpoint-independent descriptor of one superpixel (module doc): Lab mean and std of its
     pixels (scaled by 100, 128, 128) and the HOG of its bounding box at 32 x 32, each part
-    L2-normalised and weighted 1/sqrt(2). ``image`` is ``[H, W, 3]`` RGB in [0, 1]."""
+    L2-normalised and weighted 1/sqrt(2). ``image`` is ``[H, W, 3]`` RGB in [0, 1]; ``lab`` is
+    its CIE-Lab image when the caller has it (one conversion per image, not per superpixel)."""
     from skimage.color import rgb2gray, rgb2lab
     from skimage.feature import hog
     from skimage.transform import resize
 
-    lab = rgb2lab(image)[mask] / np.array([100.0, 128.0, 128.0])
+    lab = (rgb2lab(image) if lab is None else lab)[mask] / np.array([100.0, 128.0, 128.0])
     colour = np.concatenate([lab.mean(0), lab.std(0)])
     h, w = mask.shape
     x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
@@ -212,6 +215,8 @@ def pixel_descriptor(image: np.ndarray, mask: np.ndarray, box: Sequence[float]) 
 def feature_descriptors(features: pd.DataFrame, split_dir: Path, segments_key: str) -> np.ndarray:
     """``[n_features, D]`` pixel descriptors of a features table, in its row order, reading each
     image's superpixels (``segments_key``) from ``maps/<image_id>.npz`` of ``split_dir``."""
+    from skimage.color import rgb2lab
+
     from .layout import SplitLayout
 
     layout = SplitLayout(Path(split_dir))
@@ -228,9 +233,10 @@ def feature_descriptors(features: pd.DataFrame, split_dir: Path, segments_key: s
                 "'e2x explain' with the same output_dir"
             ) from e
         image = load_image(g["image_path"].iloc[0]).permute(1, 2, 0).numpy()
+        lab = rgb2lab(image)
         for idx, f in g.iterrows():
             box = (f["x1"], f["y1"], f["x2"], f["y2"])
-            d = pixel_descriptor(image, seg == int(f["segment"]), box)
+            d = pixel_descriptor(image, seg == int(f["segment"]), box, lab)
             if out.shape[1] == 0:
                 out = np.zeros((len(features), d.size), dtype=np.float32)
             out[pos[idx]] = d
