@@ -341,6 +341,7 @@ class Comparison:
 
     modes: list[ModeRecord]
     closed: list[dict[str, Any]]
+    previous: dict[str, Any] | None = None  # the runs row compared against (HistoryStore.record)
 
 
 def _slug(text: str) -> str:
@@ -591,6 +592,7 @@ class HistoryStore:
             )
             self._write(conn, record, prev_row, comparison, own is not None)
             conn.commit()
+        comparison.previous = prev_row
         return comparison
 
     @staticmethod

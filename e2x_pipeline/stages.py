@@ -421,9 +421,8 @@ def history_stage(cfg: E2XConfig, split: str, checkpoint: Path) -> dict:
         metrics,
     )
     store = HistoryStore(cfg.layout.history)
-    previous = store.previous_run(record)
     comparison = store.record(record, cfg.history.match_threshold, cfg.history.member_weight)
-    return comparison_summary(comparison, previous, record.run_key)
+    return comparison_summary(comparison, comparison.previous, record.run_key)
 
 
 def explain_summary(table: pd.DataFrame, overlays: list[Path]) -> dict:

@@ -172,6 +172,7 @@ def test_store_appends_once_per_run_and_ids_are_stable(tmp_path: Path):
             [2, "fp-square-1", "new"],
         ]
     assert runs["previous_key"].iloc[1] == runs["run_key"].iloc[0]
+    assert store.record(_retrained_run()).previous["seq"] == 1  # what the flow reports
     fresh = HistoryStore(tmp_path / "fresh.sqlite")
     fresh.record(_base_run())
     fresh.record(_retrained_run())
