@@ -43,6 +43,7 @@ from .features import (
     region_cover,
     segment_boxes,
 )
+from .generation import generation
 from .io_utils import atomic_write, safe_join, write_json, write_table
 from .layout import SplitLayout
 from .vocab import FAILURES, failing_sign
@@ -375,13 +376,8 @@ def run_cluster_stage(
     steps.update()
     features["mode_id"] = assign_modes(features, embeddings, cfg, seed)
     modes = summarise_modes(features, embeddings, cfg.representatives)
-    modes["crops"] = render_crops(features, modes, segments, split_dir)
-    steps.update()
-    steps.close()
     table = features.copy()
     table["embedding"] = [e.tolist() for e in embeddings] if len(features) else []
-    write_table(layout.features, table)
-    write_table(layout.failure_modes, modes)
     explained = explanations[
         (explanations["method"] == cfg.explain_method) & (explanations["output"] == "score")
     ]
@@ -399,7 +395,15 @@ def run_cluster_stage(
         ],
         "config": cfg.model_dump(mode="json"),
     }
-    write_json(layout.cluster_summary, metrics)
+    with generation(split_dir, "cluster") as gen:  # crops and tables of one run (module doc)
+        modes["crops"] = render_crops(features, modes, segments, split_dir)
+        steps.update()
+        steps.close()
+        write_table(layout.features, table)
+        write_table(layout.failure_modes, modes)
+        write_json(layout.cluster_summary, metrics)
+        gen.add(layout.features, layout.failure_modes, layout.cluster_summary)
+        gen.add(*(split_dir / c for c in modes["crops"] if c))
     return ClusterResult(table, modes, metrics)
 
 

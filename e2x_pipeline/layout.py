@@ -21,6 +21,9 @@ output, for a path that must exist (``layout.require("candidates")``), which rai
         repair_set.parquet ...          repair
         regions.parquet ...             repair, on the pool split
 
+Each stage's folder also holds ``<stage>.manifest.json``, written after the stage's files, which
+lists them with their sizes and sha256 (:mod:`e2x_pipeline.generation`).
+
 Every name that comes from data or config (split, image id, export name) is joined with
 :func:`io_utils.safe_join`, so no layout path leaves the output folder.
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from . import generation
 from .io_utils import safe_join
 
 
@@ -47,11 +51,13 @@ class StageOutputMissing(FileNotFoundError):
 
 
 class Table:
-    """A file of the layout: ``layout.<name>`` is its path; ``command`` is what writes it."""
+    """A file of the layout: ``layout.<name>`` is its path; ``command`` is what writes it, in
+    the generation (:mod:`e2x_pipeline.generation`) named ``stage`` (default: ``command``)."""
 
-    def __init__(self, file_name: str, command: str) -> None:
+    def __init__(self, file_name: str, command: str, stage: str | None = None) -> None:
         self.file_name = file_name
         self.command = command
+        self.stage = stage or command
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -73,6 +79,8 @@ def _require(layout: Any, name: str, split: str | None) -> Path:
     path: Path = getattr(layout, name)
     if not path.is_file():
         raise StageOutputMissing(path, table.command, split)
+    where = f" --split {split}" if split and table.command not in {"demo", "retrain"} else ""
+    generation.check(layout.root, table.stage, path, table.command + where)
     return path
 
 
@@ -97,12 +105,14 @@ class SplitLayout:
     repair_scores = Table("repair_scores.parquet", "repair")
     repair_summary = Table("repair.json", "repair")
     # on the pool split: every pool superpixel, its embedding and the cache key
-    regions = Table("regions.parquet", "repair")
-    region_embeddings = Table("region_embeddings.npy", "repair")
-    regions_stamp = Table("regions.json", "repair")
+    regions = Table("regions.parquet", "repair", "pool-regions")
+    region_embeddings = Table("region_embeddings.npy", "repair", "pool-regions")
+    regions_stamp = Table("regions.json", "repair", "pool-regions")
 
     def require(self, name: str) -> Path:
-        """The table's path; :class:`StageOutputMissing` when its stage has not run."""
+        """The table's path; :class:`StageOutputMissing` when its stage has not run,
+        :class:`generation.IncompleteGeneration` when its stage was interrupted or the file
+        changed since."""
         return _require(self, name, self.split)
 
     @property

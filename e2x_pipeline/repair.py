@@ -41,6 +41,7 @@ from .data.coco import CocoDataset, load_image
 from .detectors.base import Detector, model_fingerprint
 from .explain.superpixels import slic_segments
 from .features import RegionEmbedder, all_segment_boxes
+from .generation import generation, problem
 from .io_utils import atomic_write, write_json, write_table
 from .layout import SplitLayout
 
@@ -142,14 +143,18 @@ def pool_regions(
     key, key_payload = _pool_key(pool, embedder, explain, model_key)
     layout = SplitLayout(Path(cache_dir))
     table_path, emb_path, stamp = layout.regions, layout.region_embeddings, layout.regions_stamp
+    # the three files of one generation (a kill between them, or a truncated file, re-embeds)
     fresh = table_path.is_file() and emb_path.is_file() and stamp.is_file()
+    fresh = fresh and problem(layout.root, "pool-regions", require_manifest=True) is None
     if fresh and json.loads(stamp.read_text()).get("key") == key:
         return pd.read_parquet(table_path), np.load(emb_path, allow_pickle=False)
     table, embeddings = _embed_pool(pool, embedder, explain, progress, batch_size)
-    write_table(table_path, table)
-    with atomic_write(emb_path, "wb") as fh:
-        np.save(fh, embeddings)
-    write_json(stamp, {"key": key, **key_payload, "regions": len(table)})
+    with generation(layout.root, "pool-regions") as gen:
+        write_table(table_path, table)
+        with atomic_write(emb_path, "wb") as fh:
+            np.save(fh, embeddings)
+        write_json(stamp, {"key": key, **key_payload, "regions": len(table)})
+        gen.add(table_path, emb_path, stamp)
     return table, embeddings
 
 
@@ -343,13 +348,11 @@ def run_repair_stage(
         )
     with torch.no_grad():
         scores = match_modes(features, feat_emb, regions, region_emb, cfg.neighbours)
-    write_table(layout.repair_scores, scores)
     sizes = {int(m.mode_id): int(m.size) for m in modes.itertuples()}
     chosen = select_repair_set(scores, sizes, min(cfg.budget, len(pool.images)), cfg.allocation)
     chosen["file_name"] = [pool.images[int(i)]["file_name"] for i in chosen["image_id"]]
     chosen["image_path"] = [str(pool.image_path(int(i))) for i in chosen["image_id"]]
     chosen = chosen[REPAIR_COLUMNS]
-    write_table(layout.repair_set, chosen)
     metrics = {
         "pool_images": len(pool.images),
         "pool_regions": len(regions),
@@ -360,7 +363,11 @@ def run_repair_stage(
     }
     if pool_causes:
         metrics["precision"] = repair_precision(chosen, modes, pool_causes, len(pool.images))
-    write_json(layout.repair_summary, metrics)
+    with generation(layout.root, "repair") as gen:
+        write_table(layout.repair_scores, scores)
+        write_table(layout.repair_set, chosen)
+        write_json(layout.repair_summary, metrics)
+        gen.add(layout.repair_scores, layout.repair_set, layout.repair_summary)
     return RepairResult(chosen, metrics)
 
 

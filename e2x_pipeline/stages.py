@@ -24,6 +24,7 @@ from .detectors import configured_checkpoint, load_detector
 from .detectors.base import Detector
 from .evaluation import evaluate_detector_outputs, format_evaluation  # noqa: F401 (re-exported)
 from .fiftyone_io.convert import dataset_names as fiftyone_names  # noqa: F401 (CLI uses it)
+from .generation import generation
 from .inference import detect_dataset
 from .io_utils import safe_join, write_json
 from .locking import run_lock
@@ -387,7 +388,12 @@ def retrain_stage(
         "closure_by_mode": closure,
         "meta": meta,
     }
-    write_json(cfg.layout.retrain_summary, result)
+    run_dir = cfg.layout.root
+    with generation(run_dir, "retrain") as gen:  # the checkpoint was written first (cached)
+        write_json(cfg.layout.retrain_summary, result)
+        gen.add(cfg.layout.retrain_summary)
+        if Path(path).resolve().is_relative_to(run_dir.resolve()):
+            gen.add(run_dir / Path(path).resolve().relative_to(run_dir.resolve()))
     return result
 
 

@@ -9,18 +9,22 @@ A stage's key covers everything that changes its tables:
 * the config sections of this stage and of every stage before it (``mining`` for mining;
   ``mining`` + ``explain`` for explain; ... ), the model section and the seed.
 
-When a stage's output tables are missing (deleted, or a fresh output folder) the flow runs the
-task with ``refresh_cache=True`` (:func:`refresh_needed`): the work is done again and the cache
-entry rewritten, rather than trusting a cached result whose files are gone.
+When a stage's output tables are missing (deleted, or a fresh output folder), or are not one
+complete generation (:mod:`e2x_pipeline.generation`: a run killed between two writes, a truncated
+or edited file), the flow runs the task with ``refresh_cache=True`` (:func:`refresh_needed`):
+the work is done again and the cache entry rewritten, rather than trusting a cached result whose
+files are gone or mixed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from e2x_pipeline import generation
 from e2x_pipeline.config import E2XConfig
 from e2x_pipeline.io_utils import file_hash
 
@@ -36,12 +40,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # The tables a stage leaves in its split's layout (evaluate and retrain: in the run's layout).
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "mine": ("candidates", "predictions", "mining_metrics"),
+    "mine": ("candidates", "predictions", "rejected", "mining_metrics"),
     "explain": ("explanations",),
     "cluster": ("features", "failure_modes", "cluster_summary"),
     "repair": ("repair_set", "repair_summary"),
 }
 
+log = logging.getLogger(__name__)
 _memo: dict[tuple, str] = {}
 
 
@@ -123,12 +128,22 @@ def cache_key_for(stage: str):
 
 
 def refresh_needed(stage: str, cfg: E2XConfig, split: str) -> bool:
-    """True when a stage's output files are missing, so a cached result must not be trusted."""
+    """True when a stage's output files are missing or are not one complete generation (a run
+    killed between its writes, a truncated or changed file: :func:`generation.problem`), so a
+    cached result must not be trusted. The reason is logged."""
     if stage == "evaluate":
         return not cfg.layout.evaluation(split).is_file()
-    if stage == "retrain":
-        return not cfg.layout.retrain_summary.is_file()
     if stage == "train":
         return False  # train_stage keeps its own checkpoint cache and checks the file
-    layout = cfg.split_layout(split)
-    return not all(getattr(layout, name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
+    if stage == "retrain":
+        if not cfg.layout.retrain_summary.is_file():
+            return True
+        why = generation.problem(cfg.layout.root, "retrain", require_manifest=True)
+    else:
+        layout = cfg.split_layout(split)
+        if not all(getattr(layout, name).exists() for name in STAGE_OUTPUTS.get(stage, ())):
+            return True
+        why = generation.problem(layout.root, stage, require_manifest=True)
+    if why is not None:
+        log.warning("recomputing the %s stage: %s", stage, why)
+    return why is not None

@@ -28,9 +28,10 @@ from torch import Tensor
 
 from ..config import ExplainConfig
 from ..detectors.base import Detector
+from ..generation import generation
 from ..io_utils import write_table
 from ..layout import SplitLayout
-from .stage import TABLE_COLUMNS, _typed, explain_candidates
+from .stage import TABLE_COLUMNS, _typed, add_explain_files, explain_candidates
 
 KEYS = ["candidate_id", "method", "output", "params_hash"]
 
@@ -97,7 +98,9 @@ def merge_parts(out_dir: str | Path) -> pd.DataFrame:
     else:
         table = _typed(pd.DataFrame(columns=list(TABLE_COLUMNS)))
     if parts or not main.is_file():
-        write_table(main, table)
+        with generation(layout.root, "explain") as gen:
+            write_table(main, table)
+            add_explain_files(gen, layout, table)
     for p in parts:
         p.unlink()
     with contextlib.suppress(OSError):

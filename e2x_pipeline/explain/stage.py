@@ -18,6 +18,7 @@ which only needs the box and class, explains them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from ..config import ExplainConfig
 from ..data.coco import load_image
 from ..detectors.base import BOX_COORDS, Detector, Target, TargetOutput, model_fingerprint
+from ..generation import Generation, generation
 from ..io_utils import atomic_write, write_table
 from ..layout import SplitLayout
 from .base import Explainer, Explanation, params_hash
@@ -172,10 +174,22 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     return table.astype(types)
 
 
+def _map_keys(path: Path) -> set[str] | None:
+    """The array names in an image's maps file; None when it is missing or does not load."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return set(z.files)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # a truncated or foreign file: zipfile, ValueError, OSError, ...
+        log.warning("%s does not load (%s); its explanations are computed again", path, err)
+        return None
+
+
 def _write_maps(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Merge ``arrays`` into the image's npz (keeping maps from earlier runs), atomically."""
     merged: dict[str, np.ndarray] = {}
-    if path.is_file():
+    if _map_keys(path) is not None:  # an unreadable earlier file is replaced, not merged
         with np.load(path, allow_pickle=False) as old:
             merged = {k: old[k] for k in old.files}
     merged.update(arrays)
@@ -219,11 +233,7 @@ class _ExplainRun:
     ) -> None:
         self.explainers, self.cfg, self.layout, self.seed = explainers, cfg, layout, seed
         self.table_path = table_path
-        self.existing = (
-            pd.read_parquet(table_path)
-            if table_path.is_file()
-            else pd.DataFrame(columns=list(TABLE_COLUMNS))
-        )
+        self.existing = self._readable_rows(table_path, layout)
         # the detector's weights enter the hash: another checkpoint's explanations of the same
         # candidate id (same anchor and label) are not this one's, so they are explained again
         weights = model_fingerprint(next(iter(explainers.values())).detector) if explainers else ""
@@ -240,6 +250,43 @@ class _ExplainRun:
         self.seg_key = segments_key(cfg)
         self.new_rows: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
+
+    @staticmethod
+    def _readable_rows(table_path: Path, layout: SplitLayout) -> pd.DataFrame:
+        """The earlier run's rows whose maps can be read: an unreadable table, or a row whose
+        ``maps/*.npz`` is missing, does not load or lacks its array, is explained again (the
+        file is named in a warning)."""
+        empty = pd.DataFrame(columns=list(TABLE_COLUMNS))
+        if not table_path.is_file():
+            return empty
+        try:
+            table = pd.read_parquet(table_path)
+        except Exception as err:  # truncated: pyarrow raises ArrowInvalid / OSError
+            log.warning("%s does not load (%s); explaining every candidate again", table_path, err)
+            return empty
+        if not len(table):
+            return table
+        keys = {f: _map_keys(layout.root / f) for f in table["map_file"].dropna().unique().tolist()}
+        ok = [
+            not valid  # invalid rows have no map
+            or (keys.get(mf) is not None and f"{cid}|{m}|{o}" in keys[mf])
+            for valid, mf, cid, m, o in zip(
+                table["valid"].astype(bool),
+                table["map_file"],
+                table["candidate_id"],
+                table["method"],
+                table["output"],
+                strict=True,
+            )
+        ]
+        bad = int(len(ok) - sum(ok))
+        if bad:
+            log.warning(
+                "%d rows of %s point at maps that are missing or unreadable; explaining them again",
+                bad,
+                table_path,
+            )
+        return table[ok].reset_index(drop=True)
 
     def pending(self, group: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
         """(method, output) -> the image's candidate rows not yet explained with these params."""
@@ -353,11 +400,24 @@ def explain_candidates(
         m: get_explainer(m, detector, cfg, seed, mean=reference, **options.get(m, {}))
         for m in cfg.methods
     }
-    run = _ExplainRun(explainers, cfg, layout, table_path or layout.explanations, seed)
-    groups = list(candidates.groupby("image_id", sort=True))
-    for image_id, group in tqdm(groups, desc="explain", unit="img", disable=not progress):
-        run.explain_group(int(image_id), group)
-        run.maybe_flush()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return run.flush()
+    main = table_path is None or table_path == layout.explanations
+    # a Dask part is not a generation: merge_parts commits the merged table's
+    gen_cm = generation(layout.root, "explain") if main else contextlib.nullcontext()
+    with gen_cm as gen:
+        run = _ExplainRun(explainers, cfg, layout, table_path or layout.explanations, seed)
+        groups = list(candidates.groupby("image_id", sort=True))
+        for image_id, group in tqdm(groups, desc="explain", unit="img", disable=not progress):
+            run.explain_group(int(image_id), group)
+            run.maybe_flush()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        table = run.flush()
+        if gen is not None:
+            add_explain_files(gen, layout, table)
+    return table
+
+
+def add_explain_files(gen: Generation, layout: SplitLayout, table: pd.DataFrame) -> None:
+    """The explain generation: the table and every maps file its rows point at."""
+    gen.add(layout.explanations)
+    gen.add(*(layout.root / f for f in sorted(table["map_file"].dropna().unique().tolist())))

@@ -24,6 +24,7 @@ import torch
 from ..config import MiningConfig
 from ..data.coco import CocoDataset, DatasetError
 from ..detectors.base import DenseOutput, Detections, Detector
+from ..generation import generation
 from ..inference import iter_image_batches
 from ..io_utils import write_json, write_table
 from ..layout import SplitLayout
@@ -276,11 +277,14 @@ def run_mining_stage(
     split: str = "",
 ) -> MiningResult:
     """:func:`mine`, then write the split's candidates, predictions, rejected and mining-metrics
-    tables (:class:`SplitLayout`) under ``out_dir``, each atomically."""
+    tables (:class:`SplitLayout`) under ``out_dir``, each atomically, as one generation
+    (:func:`e2x_pipeline.generation.generation`)."""
     result = mine(detector, dataset, cfg, causes, split)
     layout = SplitLayout(Path(out_dir), split or None)
-    write_table(layout.candidates, result.candidates)
-    write_table(layout.predictions, result.predictions)
-    write_table(layout.rejected, result.rejected)
-    write_json(layout.mining_metrics, result.metrics)
+    with generation(layout.root, "mine") as gen:  # one generation: a kill between writes shows
+        write_table(layout.candidates, result.candidates)
+        write_table(layout.predictions, result.predictions)
+        write_table(layout.rejected, result.rejected)
+        write_json(layout.mining_metrics, result.metrics)
+        gen.add(layout.candidates, layout.predictions, layout.rejected, layout.mining_metrics)
     return result
