@@ -4,7 +4,9 @@ Every table and report file goes through :func:`atomic_write`: the content is wr
 temporary file in the same folder and renamed over the target, so a crash mid-write leaves the
 old file intact and a reader never sees half a file. The temp file's name carries the writer's pid
 (``.<name>.<pid>.<random>.tmp``); a process killed mid-write (SIGKILL) cannot remove its temp file,
-so the next write of the same target removes temp files whose writer is no longer alive.
+so the next write of the same target removes temp files whose writer is no longer alive. A write
+that runs out of space (ENOSPC) removes its temp file and raises :class:`DiskFullError`, one line
+naming the file.
 
 :func:`safe_join` joins names that come from data or config (split names, candidate ids, image
 ids) under the output folder and refuses any that would lead out of it.
@@ -13,6 +15,7 @@ ids) under the output folder and refuses any that would lead out of it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -88,10 +91,27 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path) from err
         raise
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (ENOSPC, or the quota: EDQUOT); the old file is untouched."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on device while writing {path}; the previous file is kept. Free "
+            f"space on the disk of {path.parent} and rerun the command",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -135,7 +135,8 @@ def publish_stage(
     name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
     layout = cfg.split_layout(split)
     key = file_hash(checkpoint)[:12] if checkpoint is not None else None
-    with run_lock(cfg.output_dir):
+    rerun = f"'e2x mine --split {split}' (or the same 'e2x run')"
+    with run_lock(cfg.output_dir), fiftyone_io.publishing(name, str(cfg.output_dir), rerun):
         fiftyone_io.publish_mining(
             name,
             open_split(cfg, split),
@@ -276,13 +277,24 @@ def publish_failures_stage(
 ) -> str:
     """Explained failures with their heatmaps and failure modes, as a FiftyOne dataset;
     ``stable_ids`` (from :func:`history_stage`) add a saved view per mode named by its id."""
+    from . import fiftyone_io
+
+    name = fiftyone_names(cfg, split)["failures"]
+    rerun = f"'e2x cluster --split {split}' (or the same 'e2x run')"
+    with fiftyone_io.publishing(name, str(cfg.output_dir), rerun):
+        _publish_failures(cfg, split, name, stable_ids)
+    return name
+
+
+def _publish_failures(
+    cfg: E2XConfig, split: str, name: str, stable_ids: dict[int, str] | None
+) -> None:
     import pandas as pd
 
     from . import fiftyone_io
     from .run_record import run_record
 
     layout = cfg.split_layout(split)
-    name = fiftyone_names(cfg, split)["failures"]
     features, modes = layout.features, layout.failure_modes
     fiftyone_io.publish_failures(
         name,
@@ -295,7 +307,6 @@ def publish_failures_stage(
         run=run_record(cfg, split),  # what the App's explain-on-demand operator reruns with
         stable_ids=stable_ids,
     )
-    return name
 
 
 def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
@@ -306,7 +317,10 @@ def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
 
     table = cfg.split_layout(split).require("repair_set")
     name = fiftyone_names(cfg, split)["pool"]
-    fiftyone_io.publish_repair(name, open_split(cfg, cfg.repair.pool_split), pd.read_parquet(table))
+    rerun = f"'e2x repair --split {split}' (or the same 'e2x run')"
+    with fiftyone_io.publishing(name, str(cfg.output_dir), rerun):
+        pool = open_split(cfg, cfg.repair.pool_split)
+        fiftyone_io.publish_repair(name, pool, pd.read_parquet(table))
     return name
 
 
@@ -337,7 +351,8 @@ def export_stage(
     fiftyone_io.check_export_format(fmt)  # a typo fails before the pool's labels are read
     out = cfg.layout.export(name)
     pool = fiftyone_names(cfg, split)["pool"]
-    n = fiftyone_io.export_repair(pool, out, pool_labels(cfg), fmt=fmt)
+    with fiftyone_io.publishing(pool, str(cfg.output_dir), f"'e2x export --split {split}'"):
+        n = fiftyone_io.export_repair(pool, out, pool_labels(cfg), fmt=fmt)
     return out, n
 
 

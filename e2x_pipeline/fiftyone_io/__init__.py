@@ -27,6 +27,9 @@ values, relative boxes, heatmap ranges, field, view and dataset names) and impor
 fiftyone nor a database; :mod:`.db` (connection, schema, the split's dataset) and
 :mod:`.curation` (failures, repair set, export, App) do the writes.
 
+Every publish and export holds the dataset's write lock (:mod:`.lock`: a lock document with a
+lease in FiftyOne's database), so two runs writing one dataset queue instead of interleaving.
+
 FiftyOne needs a MongoDB server; when it cannot be reached :class:`FiftyOneUnavailable` says how
 to start one.
 """
@@ -62,6 +65,7 @@ from .db import (
     write_ground_truth,
     write_predictions,
 )
+from .lock import DatasetLockTimeout, dataset_lock, lock_holder, publishing
 from .on_demand import (
     OPERATOR_URI,
     PLUGIN_NAME,
@@ -84,20 +88,24 @@ __all__ = [
     "PRED_FIELD",
     "REPAIR_FIELD",
     "REPAIR_VIEW",
+    "DatasetLockTimeout",
     "FiftyOneSchemaError",
     "FiftyOneUnavailable",
     "candidate_ids",
     "check_export_format",
+    "dataset_lock",
     "dataset_names",
     "delete_dataset",
     "evaluate_with_fiftyone",
     "export_repair",
     "install_plugin",
     "launch_app",
+    "lock_holder",
     "open_coco_dataset",
     "publish_failures",
     "publish_mining",
     "publish_repair",
+    "publishing",
     "run_record_of",
     "save_failures_view",
     "write_ground_truth",
