@@ -60,6 +60,12 @@ def sample_setting(method: str) -> str | None:
     return where
 
 
+# The App's operator runs in the App's server: a request is bounded, so that a typo (samples
+# 1e9, the whole dataset selected) cannot occupy it for hours. Larger jobs are 'e2x explain'.
+MAX_CANDIDATES = 200
+MAX_SAMPLES = 20_000
+
+
 def box_methods() -> list[str]:
     """The registered methods that explain box coordinates too (``supports_box_maps``)."""
     return [m for m in EXPLAINERS.names() if EXPLAINERS.get(m).supports_box_maps]
@@ -69,6 +75,8 @@ def check_request(methods: Sequence[str], output: str) -> None:
     """:class:`OnDemandError` unless every method is registered and can explain ``output``."""
     if not methods:
         raise OnDemandError("pick at least one explanation method")
+    if any(not isinstance(m, str) for m in methods):
+        raise OnDemandError(f"method names must be strings; choose from {EXPLAINERS.names()}")
     unknown = [m for m in methods if m not in EXPLAINERS]
     if unknown:
         raise OnDemandError(
@@ -91,6 +99,11 @@ def explain_settings(
     """The run's explain settings with ``methods`` and, when given, their sample count set."""
     tree = cfg.model_dump()
     tree["methods"] = list(methods)
+    if samples is not None and not 1 <= int(samples) <= MAX_SAMPLES:
+        raise OnDemandError(
+            f"samples={samples}: choose 1..{MAX_SAMPLES} per explanation here; for more, set it "
+            "in the config and run 'e2x explain'"
+        )
     if samples is not None:
         options = {k: dict(v) for k, v in tree["options"].items()}
         for m in methods:
@@ -217,6 +230,11 @@ def explain_on_demand(
     check_request(methods, output)
     if not candidate_ids:
         raise OnDemandError("no samples to explain: select samples in the App first")
+    if len(set(candidate_ids)) > MAX_CANDIDATES:
+        raise OnDemandError(
+            f"{len(set(candidate_ids))} samples selected; explain at most {MAX_CANDIDATES} at a "
+            "time here, or run 'e2x explain' for a whole split"
+        )
     settings = explain_settings(cfg.explain, methods, samples)
     rows = find_candidates(cfg, split, list(dict.fromkeys(candidate_ids)))  # each once
     detector = detector if detector is not None else run_detector(cfg)

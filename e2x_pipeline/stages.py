@@ -359,7 +359,8 @@ def export_stage(
 def retrain_stage(
     cfg: E2XConfig, checkpoint: Path, split: str, progress: bool = True, force: bool = False
 ) -> dict:
-    """Label the split's repair set, retrain, evaluate before/after; writes ``retrain.json``.
+    """Label the split's repair set, retrain, evaluate before/after; writes ``retrain.json`` (one
+    generation with the retrained checkpoint: :mod:`e2x_pipeline.generation`).
 
     The retrained checkpoint is cached under ``<output_dir>/checkpoints`` by the parent
     checkpoint, the repair set and the retrain settings (:func:`e2x_pipeline.retrain.retrain_key`).
@@ -369,7 +370,7 @@ def retrain_stage(
     """
     import pandas as pd
 
-    from .retrain import closure_table, retrained_detector, reveal_labels
+    from .retrain import reveal_labels
 
     layout = cfg.split_layout(split)
     table = layout.require("repair_set")
@@ -382,6 +383,33 @@ def retrain_stage(
     added = reveal_labels(labels, pd.read_parquet(table)["file_name"].tolist())
     base = detector_for(cfg, checkpoint)
     train = open_split(cfg, "train")
+    run_dir = cfg.layout.root
+    # "writing" from before the checkpoint is trained until retrain.json is written
+    with generation(run_dir, "retrain") as gen:
+        result = _retrain(cfg, base, checkpoint, split, train, added, progress, force)
+        write_json(cfg.layout.retrain_summary, result)
+        gen.add(cfg.layout.retrain_summary)
+        path = Path(result["checkpoint"]).resolve()
+        if path.is_relative_to(run_dir.resolve()):
+            gen.add(run_dir / path.relative_to(run_dir.resolve()))
+    return result
+
+
+def _retrain(
+    cfg: E2XConfig,
+    base: Detector,
+    checkpoint: Path,
+    split: str,
+    train: CocoDataset,
+    added: CocoDataset,
+    progress: bool,
+    force: bool,
+) -> dict:
+    import pandas as pd
+
+    from .retrain import closure_table, retrained_detector
+
+    layout = cfg.split_layout(split)
     after, path, meta = retrained_detector(cfg, base, checkpoint, train, added, progress, force)
     ev_split = cfg.retrain.eval_split
     before_eval = evaluate_stage(cfg, base, ev_split, progress, record=False)
@@ -403,12 +431,6 @@ def retrain_stage(
         "closure_by_mode": closure,
         "meta": meta,
     }
-    run_dir = cfg.layout.root
-    with generation(run_dir, "retrain") as gen:  # the checkpoint was written first (cached)
-        write_json(cfg.layout.retrain_summary, result)
-        gen.add(cfg.layout.retrain_summary)
-        if Path(path).resolve().is_relative_to(run_dir.resolve()):
-            gen.add(run_dir / Path(path).resolve().relative_to(run_dir.resolve()))
     return result
 
 

@@ -274,6 +274,14 @@ def test_bad_requests_fail_with_one_line_that_says_what_to_do(run, installed):
         explain_on_demand((cfg, "val"), ["val/9999/nope"], ["e2x"], detector=det)
     with pytest.raises(OnDemandError, match="samples=0"):
         explain_on_demand((cfg, "val"), ds.values("candidate_id")[:1], ["e2x"], samples=0)
+    # bounded requests: the operator runs inside the App's server
+    with pytest.raises(OnDemandError, match="samples=1000000: choose 1..20000 per explanation"):
+        explain_on_demand((cfg, "val"), ds.values("candidate_id")[:1], ["e2x"], samples=10**6)
+    many = [f"val/{i}/x" for i in range(201)]
+    with pytest.raises(OnDemandError, match="201 samples selected; explain at most 200"):
+        explain_on_demand((cfg, "val"), many, ["e2x"], detector=det)
+    with pytest.raises(OnDemandError, match="unknown explanation method.*'rm -rf'"):
+        explain_on_demand((cfg, "val"), ds.values("candidate_id")[:1], ["rm -rf"], detector=det)
     # a dataset that is not an e2x failures dataset: refused, nothing written
     other = fo.Dataset("e2x-test-plugin-foreign")
     try:

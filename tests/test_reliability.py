@@ -126,9 +126,9 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(
 
     layout = SplitLayout(out / "val", "val")
     assert generation.read_manifest(layout.root, stage)["status"] == "writing"
-    written = Path(files[stop_after]).stem
-    name = {"cluster": "features", "repair": "repair_scores"}[stage]
-    assert written == name or written.startswith(name)
+    name = Path(files[0]).stem  # written before the kill, in the unfinished generation
+    assert (layout.root / Path(files[0]).name).is_file()
+    assert not (out / files[-1]).exists()
     with pytest.raises(IncompleteGeneration, match=rf"rerun 'e2x {stage} --split val'"):
         layout.require(name)
     from e2x_pipeline.config import load_config
@@ -249,3 +249,191 @@ def test_disk_full_keeps_the_previous_files_and_says_so_in_one_line(
     ]
     assert {t: (out / "val" / t).read_bytes() for t in tables} == before
     assert _litter(out) == []
+
+
+# ---- FiftyOne: two writers of one dataset, a database that goes away -----------------------
+
+_HOLD = (
+    "import sys, time, pathlib\n"
+    "from e2x_pipeline.fiftyone_io import dataset_lock\n"
+    "with dataset_lock(sys.argv[1], 'run-A', lease_seconds=float(sys.argv[4])):\n"
+    "    pathlib.Path(sys.argv[2]).touch(); time.sleep(float(sys.argv[3]))\n"
+    "    pathlib.Path(sys.argv[2]).write_text(repr(time.time()))\n"
+)
+
+
+def _holder(name: str, tmp: Path, hold: float, lease: float = 60.0) -> subprocess.Popen:
+    marker = tmp / f"holding-{name}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, name, str(marker), str(hold), str(lease)], env=env
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, f"holder exited early with {proc.returncode}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+def test_two_writers_of_one_fiftyone_dataset_queue_on_its_lock(
+    fo_db, reference: Path, tiny_benchmark: Path, tmp_path: Path, caplog
+) -> None:
+    """A real process holds the pool dataset's lock; our publish of the repair set waits for it
+    (a warning names the holder), then writes once: no duplicate samples."""
+    import fiftyone as fo
+
+    from e2x_pipeline import fiftyone_io, stages
+    from e2x_pipeline.config import load_config
+
+    cfg = load_config(None, {"data.root": str(tiny_benchmark), "output_dir": str(reference)})
+    name = stages.fiftyone_names(cfg, "val")["pool"]
+    holder = _holder(name, tmp_path, hold=3.0)
+    with caplog.at_level(logging.WARNING):
+        assert stages.publish_repair_stage(cfg, "val") == name
+    assert holder.wait(30) == 0
+    released = float((tmp_path / f"holding-{name}").read_text())
+    assert time.time() > released  # we wrote after the holder let go, not alongside it
+    assert f"FiftyOne dataset '{name}' is being written by run run-A" in caplog.text
+    assert fiftyone_io.lock_holder(name) is None  # released
+    stages.publish_repair_stage(cfg, "val")  # a rerun: the same samples, once
+    ds = fo.load_dataset(name)
+    assert len(ds) == 40 and len(set(ds.values("filepath"))) == 40
+    chosen = pd.read_parquet(reference / "val/repair_set.parquet")
+    assert len(ds.load_saved_view("e2x-repair")) == len(chosen)
+    fo.delete_dataset(name)
+
+
+def test_a_killed_holder_does_not_block_the_next_writer(fo_db, tmp_path: Path) -> None:
+    """SIGKILL the holder: the next writer takes the lock over at once (same machine, dead
+    pid); a holder elsewhere would lose it when its 60 s lease ran out."""
+    from e2x_pipeline.fiftyone_io import dataset_lock, lock_holder
+
+    holder = _holder("e2x-test-lock", tmp_path, hold=300)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    assert lock_holder("e2x-test-lock")["run"] == "run-A"  # nobody released it
+    t0 = time.monotonic()
+    with dataset_lock("e2x-test-lock", "run-B", wait_seconds=20) as lease:
+        assert lock_holder("e2x-test-lock")["token"] == lease["token"]
+    assert time.monotonic() - t0 < 10 and lock_holder("e2x-test-lock") is None
+
+
+def _private_mongod(tmp: Path) -> tuple[subprocess.Popen, int, list[str]]:
+    import socket
+
+    from conftest import _mongod_binary
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp / "db").mkdir(exist_ok=True)
+    cmd = [_mongod_binary(), "--dbpath", str(tmp / "db"), "--port", str(port)]
+    cmd += ["--bind_ip", "127.0.0.1", "--logpath", str(tmp / "mongod.log")]
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port, cmd
+        assert time.monotonic() < deadline, "the private mongod did not start"
+        time.sleep(0.1)
+
+
+_PUBLISH_THEN_WAIT = (
+    "import sys, time, pathlib\n"
+    "import e2x_pipeline.fiftyone_io as fio\n"
+    "from e2x_cli.main import main\n"
+    "real = fio.publish_repair\n"
+    "def publish_repair(*a, **k):\n"
+    "    pathlib.Path(sys.argv[1]).touch()\n"
+    "    while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
+    "    return real(*a, **k)\n"
+    "fio.publish_repair = publish_repair\n"
+    "sys.exit(main(sys.argv[3:]))\n"
+)
+
+_COUNT = (
+    "import json, sys, fiftyone as fo\n"
+    "ds = fo.load_dataset(sys.argv[1])\n"
+    "print(json.dumps([len(ds), len(set(ds.values('filepath'))), "
+    "len(ds.load_saved_view('e2x-repair'))]))\n"
+)
+
+
+def test_database_gone_mid_publish_keeps_the_tables_and_the_rerun_publishes_once(
+    reference: Path, tiny_benchmark: Path, tmp_path: Path
+) -> None:
+    """A private mongod (the session's is left alone) is stopped while ``e2x repair`` publishes:
+    the tables on disk stay complete, the command fails with one line saying what to rerun;
+    with the database back, the rerun publishes the repair set once."""
+    mongod, port, cmd = _private_mongod(tmp_path)
+    uri = f"mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=1500&connectTimeoutMS=1500"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.update(FIFTYONE_DATABASE_URI=uri, FIFTYONE_DATABASE_DIR=str(tmp_path / "db"))
+    out = _copy_without(reference, tmp_path, [])
+    args = ["repair", *_args(tiny_benchmark, out), "--set=data.fiftyone_dataset=e2x-down"]
+    started, stopped = tmp_path / "publishing", tmp_path / "stopped"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _PUBLISH_THEN_WAIT, str(started), str(stopped), *args],
+            env=env,
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 240
+        while not started.exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        mongod.send_signal(signal.SIGKILL)  # the database goes away mid-publish
+        mongod.wait(30)
+        stopped.touch()
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 1, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"e2x: error: lost FiftyOne's MongoDB at {uri} while publishing")
+        assert "the tables on disk are complete" in last
+        assert "run 'e2x repair --split val' (or the same 'e2x run') to publish them" in last
+        assert "Traceback" not in err
+        for t in ("repair_set.parquet", "repair_scores.parquet", "repair.json"):
+            assert (out / "val" / t).read_bytes() == (reference / "val" / t).read_bytes()
+        assert generation.problem(out / "val", "repair", require_manifest=True) is None
+
+        mongod = subprocess.Popen(cmd)  # the database is back
+        rerun = subprocess.run(
+            [sys.executable, "-m", "e2x_cli.main", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        names = [ln for ln in rerun.stdout.splitlines() if ln.startswith("FiftyOne dataset")]
+        pool = names[0].split("'")[1]
+        for _ in range(2):  # and once more: still no duplicates
+            counted = subprocess.run(
+                [sys.executable, "-c", _COUNT, pool],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert counted.returncode == 0, counted.stderr[-3000:]
+            n, unique, selected = json.loads(counted.stdout.strip().splitlines()[-1])
+            assert n == unique == 40
+            assert selected == len(pd.read_parquet(out / "val/repair_set.parquet"))
+            rerun = subprocess.run(
+                [sys.executable, "-m", "e2x_cli.main", *args],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        mongod.kill()
+        mongod.wait(30)

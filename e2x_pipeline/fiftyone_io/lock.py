@@ -9,7 +9,8 @@ FiftyOne's own database, collection ``e2x_locks``, ``_id`` = the dataset's name:
   held lock makes the upsert's insert fail with a duplicate key, and the writer waits (polling),
   so concurrent publishes queue rather than fail;
 * the lock has a lease (``expires``), renewed by a daemon thread while it is held: a holder
-  killed with SIGKILL stops renewing and its lock frees itself after one lease;
+  killed with SIGKILL stops renewing and its lock frees itself after one lease (at once when
+  the holder ran on this machine and its pid is gone);
 * releasing deletes the document only if it still carries our token.
 
 :func:`publishing` adds the database-gone case: a connection lost mid-publish becomes
@@ -59,6 +60,19 @@ def lock_holder(name: str) -> dict | None:
     return _collection().find_one({"_id": name})
 
 
+def _dead_local_holder(doc: dict) -> bool:
+    pid = doc.get("pid")
+    if doc.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def dataset_lock(
     name: str,
@@ -85,6 +99,10 @@ def dataset_lock(
             break
         except DuplicateKeyError:
             other = coll.find_one({"_id": name}) or {}
+            if _dead_local_holder(other):  # killed on this machine: no need to wait out its lease
+                log.warning("taking over %r's lock from dead process %s", name, other.get("pid"))
+                coll.delete_one({"_id": name, "token": other.get("token")})
+                continue
             if time.monotonic() > deadline:
                 raise DatasetLockTimeout(
                     f"FiftyOne dataset {name!r} is still being written by run {other.get('run')} "

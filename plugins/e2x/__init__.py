@@ -76,7 +76,13 @@ class ExplainSelected(foo.Operator):
         )
 
     def resolve_input(self, ctx: Any) -> types.Property:
-        from e2x_pipeline.on_demand import OUTPUT_CHOICES, box_methods, check_request
+        from e2x_pipeline.on_demand import (
+            MAX_CANDIDATES,
+            MAX_SAMPLES,
+            OUTPUT_CHOICES,
+            box_methods,
+            check_request,
+        )
         from e2x_pipeline.registry import EXPLAINERS
 
         inputs = types.Object()
@@ -107,7 +113,7 @@ class ExplainSelected(foo.Operator):
         default_which = "selected" if n_selected else "view"
         inputs.enum("which", which.values(), default=default_which, label="Samples", view=which)
         if ctx.params.get("which", default_which) == "view":
-            inputs.int("count", default=5, min=1, label="Number of samples (N)")
+            inputs.int("count", default=5, min=1, max=MAX_CANDIDATES, label="Number of samples (N)")
         elif not n_selected:
             inputs.view(
                 "no_selection",
@@ -140,6 +146,7 @@ class ExplainSelected(foo.Operator):
         inputs.int(
             "samples",
             min=1,
+            max=MAX_SAMPLES,
             required=False,
             label="Samples per explanation",
             description=_sample_help(methods, cfg["explain"]),
