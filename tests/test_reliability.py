@@ -340,23 +340,28 @@ def _private_mongod(tmp: Path) -> tuple[subprocess.Popen, int, list[str]]:
         time.sleep(0.1)
 
 
+# the first of publish_repair's four set_values calls is written; the database dies before the
+# second: the dataset holds half a repair set
 _PUBLISH_THEN_WAIT = (
     "import sys, time, pathlib\n"
-    "import e2x_pipeline.fiftyone_io as fio\n"
+    "import fiftyone.core.dataset as fod\n"
     "from e2x_cli.main import main\n"
-    "real = fio.publish_repair\n"
-    "def publish_repair(*a, **k):\n"
-    "    pathlib.Path(sys.argv[1]).touch()\n"
-    "    while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
-    "    return real(*a, **k)\n"
-    "fio.publish_repair = publish_repair\n"
+    "real = fod.Dataset.set_values\n"
+    "def set_values(self, field, *a, **k):\n"
+    "    out = real(self, field, *a, **k)\n"
+    "    if field == 'e2x_failure_mode':\n"
+    "        pathlib.Path(sys.argv[1]).touch()\n"
+    "        while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.05)\n"
+    "    return out\n"
+    "fod.Dataset.set_values = set_values\n"
     "sys.exit(main(sys.argv[3:]))\n"
 )
 
 _COUNT = (
     "import json, sys, fiftyone as fo\n"
     "ds = fo.load_dataset(sys.argv[1])\n"
-    "print(json.dumps([len(ds), len(set(ds.values('filepath'))), "
+    # not len(ds): after mongod's unclean shutdown its fast count (estimatedDocumentCount) is stale
+    "print(json.dumps([len(ds.values('id')), len(set(ds.values('filepath'))), "
     "len(ds.load_saved_view('e2x-repair'))]))\n"
 )
 
@@ -427,3 +432,55 @@ def test_database_gone_mid_publish_keeps_the_tables_and_the_rerun_publishes_once
     finally:
         mongod.kill()
         mongod.wait(30)
+
+
+_HANG_BEFORE_SWAP = (
+    "import sys, time, pathlib\n"
+    "from e2x_cli.main import main\n"
+    "real = pathlib.Path.rename\n"
+    "def rename(self, target):\n"
+    "    if pathlib.Path(target).name == sys.argv[1] and self.name.endswith('.tmp'):\n"
+    "        pathlib.Path(sys.argv[2]).touch(); time.sleep(300)\n"
+    "    return real(self, target)\n"
+    "pathlib.Path.rename = rename\n"
+    "sys.exit(main(sys.argv[3:]))\n"
+)
+
+
+def test_sigkill_mid_export_then_rerun_gives_one_whole_export(
+    fo_db, reference: Path, tiny_benchmark: Path, tmp_path: Path
+) -> None:
+    """Killed between moving the old export aside and moving the new one in: no export folder,
+    two stray ones. The rerun removes the strays (their pid is dead) and writes the export."""
+    import fiftyone as fo
+
+    from e2x_pipeline import stages
+    from e2x_pipeline.config import load_config
+
+    out = _copy_without(reference, tmp_path, [])
+    cfg = load_config(None, {"data.root": str(tiny_benchmark), "output_dir": str(out)})
+    name = stages.publish_repair_stage(cfg, "val")
+    args = ["export", *_args(tiny_benchmark, out)]
+    assert main(args) == 0
+    export = out / "export" / "repair-set"
+    want = json.loads((export / "labels.json").read_text())
+    marker = tmp_path / "swapping"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HANG_BEFORE_SWAP, export.name, str(marker), *args], env=env
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    strays = sorted(p.name.rsplit(".", 1)[1] for p in export.parent.glob(".repair-set.*"))
+    assert strays == ["old", "tmp"] and not export.exists()
+
+    assert main(args) == 0
+    got = json.loads((export / "labels.json").read_text())
+    assert got["images"] == want["images"] and got["annotations"] == want["annotations"]
+    assert sorted(p.name for p in export.parent.iterdir()) == ["repair-set"]
+    assert len(list((export / "data").iterdir())) == len(want["images"])
+    fo.delete_dataset(name)

@@ -7,6 +7,7 @@ in place).
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Mapping
@@ -315,6 +316,16 @@ def _point_yaml_at(yaml_path: Path, export_dir: Path) -> None:
     yaml_path.write_text(yaml.safe_dump(d, sort_keys=False))
 
 
+def _remove_stale_exports(export_dir: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` / ``.old`` folders of exports killed midway (dead pids)."""
+    from ..io_utils import pid_alive
+
+    for d in export_dir.parent.glob(f".{glob.escape(export_dir.name)}.*.*"):
+        pid, _, kind = d.name[len(export_dir.name) + 2 :].partition(".")
+        if kind in ("tmp", "old") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _export_atomic(
     fo: Any,
     view: Any,
@@ -327,6 +338,7 @@ def _export_atomic(
     half an export, and a rerun replaces the folder instead of adding to it (YOLOv5's exporter,
     for one, would merge into an existing dataset.yaml)."""
     export_dir = Path(export_dir)
+    _remove_stale_exports(export_dir)
     tmp = export_dir.with_name(f".{export_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     view.export(
