@@ -306,7 +306,7 @@ def format_stage(stage: str, result) -> str:
 def cmd_history(args: argparse.Namespace) -> int:
     from e2x_pipeline.history import HistoryStore, format_history, trend_table
 
-    store = HistoryStore(config(args).layout.history)
+    store = HistoryStore(config(args).history_path)
     if args.json:
         runs = store.runs()
         out = {

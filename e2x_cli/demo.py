@@ -35,7 +35,17 @@ def print_summary(summary: dict) -> None:
 
         print("\n== 6. Before/after: retrained with the repair set ==")
         print(format_retrain(summary["retrain"]))
-    if summary.get("history"):
+    after = summary.get("after_retrain")
+    if after:
+        from e2x_pipeline.history import HistoryStore, format_history
+
+        print("\n== 7. The next run, on the retrained checkpoint: what closed, kept and opened ==")
+        print(f"checkpoint: {after['checkpoint']} (tables in {after['output_dir']})")
+        print(after["mining_table"])
+        print(after["history"]["markdown"])
+        print("\n== Run history (e2x history) ==")
+        print(format_history(HistoryStore(summary["history_store"])))
+    elif summary.get("history"):
         print("\n== Run history (e2x history) ==")
         print(summary["history"]["markdown"])
     if summary.get("report"):
@@ -76,7 +86,11 @@ def run_demo(cfg: E2XConfig, progress: bool = True, fiftyone: bool = True) -> in
     from flows.pipeline import e2x_pipeline
 
     summary = e2x_pipeline(
-        cfg.model_dump(mode="json"), progress=progress, fiftyone=fiftyone, benchmark=True
+        cfg.model_dump(mode="json"),
+        progress=progress,
+        fiftyone=fiftyone,
+        benchmark=True,
+        rerun_retrained=True,
     )
     print_summary(summary)
     return 0

@@ -301,6 +301,9 @@ class HistoryConfig(_Section):
     member_weight: float = Field(0.5, ge=0, le=1)
     """Weight of the members' Jaccard index in the similarity; the rest is the pixel-descriptor
     overlap of the modes' features."""
+    store: Path | None = None
+    """The history file. Default ``<output_dir>/history.sqlite``; point the runs of several output
+    folders at one file to compare their checkpoints (``e2x demo`` does, for its second run)."""
 
 
 class E2XConfig(_Section):
@@ -330,6 +333,11 @@ class E2XConfig(_Section):
     def layout(self) -> RunLayout:
         """Where this run's tables live (``output_dir``): see :mod:`e2x_pipeline.layout`."""
         return RunLayout(self.output_dir)
+
+    @property
+    def history_path(self) -> Path:
+        """The run history file: ``history.store``, else ``<output_dir>/history.sqlite``."""
+        return self.history.store or self.layout.history
 
     def split_layout(self, split: str) -> SplitLayout:
         """``<output_dir>/<split>/``: one split's tables."""

@@ -463,7 +463,7 @@ def history_stage(cfg: E2XConfig, split: str, checkpoint: Path) -> dict:
         segments_key(cfg.explain),
         metrics,
     )
-    store = HistoryStore(cfg.layout.history)
+    store = HistoryStore(cfg.history_path)
     comparison = store.record(record, cfg.history.match_threshold, cfg.history.member_weight)
     return comparison_summary(comparison, comparison.previous, record.run_key)
 

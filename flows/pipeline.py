@@ -101,6 +101,39 @@ def _stages(
     return out if retrained is None else {**out, "retrain": retrained}
 
 
+def _rerun_retrained(
+    cfg: E2XConfig, split: str, retrained: dict, progress: bool, dask: dict | None
+) -> dict:
+    """The run a schedule would make next, on the retrained checkpoint: evaluate -> mine ->
+    explain -> cluster -> history, in ``<output_dir>/retrained/`` and recorded in this run's
+    history, so the history says which failure modes the repair set closed. No repair set and no
+    FiftyOne: the base run's curation stays what the App shows."""
+    from e2x_pipeline.mining import format_metrics
+
+    ckpt = Path(retrained["checkpoint"])
+    cfg2 = cfg.model_copy(
+        update={
+            "output_dir": cfg.output_dir / "retrained",
+            "model": cfg.model.model_copy(update={"checkpoint": ckpt}),
+            "history": cfg.history.model_copy(update={"store": cfg.history_path}),
+        }
+    )
+    evaluation = _evaluate(cfg2, ckpt, progress)
+    mining = run_cached(mine_task, "mine", cfg2, split, cfg2, ckpt, split)
+    explained = _explain(cfg2, split, ckpt, progress, dask)
+    modes = run_cached(cluster_task, "cluster", cfg2, split, cfg2, ckpt, split, progress)
+    return {
+        "checkpoint": str(ckpt),
+        "output_dir": str(cfg2.output_dir),
+        "evaluation": evaluation,
+        "mining": mining,
+        "mining_table": format_metrics(mining),
+        "explain": explained,
+        "failure_modes": modes,
+        "history": history_task(cfg2, split, ckpt),
+    }
+
+
 def _report(cfg: E2XConfig, split: str, reports_dir: str, fiftyone: bool) -> Path:
     """The report task: ``<reports_dir>/<run id>/index.html``."""
     from e2x_pipeline.report import default_run_id
@@ -137,7 +170,8 @@ def _summary_artifacts(cfg: E2XConfig, split: str, summary: dict, report: Path |
         table=mode_rows(summary["failure_modes"].get("modes", [])),
         description="Failure modes: clusters of failing features",
     )
-    history = summary.get("history")
+    # the demo's second run compares the retrained checkpoint with the base run
+    history = (summary.get("after_retrain") or summary).get("history")
     if history:
         create_markdown_artifact(
             key="e2x-history",
@@ -162,6 +196,7 @@ def e2x_pipeline(
     retrain: bool = True,
     dask: dict | None = None,
     watch: str | None = None,
+    rerun_retrained: bool = False,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
     -> retrain -> report. ``benchmark=True`` (``e2x demo``, ``e2x run --make-benchmark``) first
@@ -171,7 +206,9 @@ def e2x_pipeline(
     (``repair.pool_labels`` or the benchmark's). ``dask`` (``flows.runners.dask_options``) runs
     the explain stage in chunks of images on Dask workers. ``watch`` (a folder) runs on the newest
     checkpoint there and skips the run when it is not newer than the last recorded run's
-    (:func:`e2x_pipeline.history.watch_decision`)."""
+    (:func:`e2x_pipeline.history.watch_decision`). ``rerun_retrained`` (``e2x demo``) runs the
+    pipeline again on the retrained checkpoint (:func:`_rerun_retrained`), so the run history
+    holds both checkpoints and says which failure modes the repair set closed."""
     cfg = E2XConfig.model_validate(config)
     split = cfg.data.eval_split
     t0 = time.perf_counter()
@@ -180,7 +217,7 @@ def e2x_pipeline(
     if watch:
         from e2x_pipeline.history import HistoryStore, watch_decision
 
-        picked, reason = watch_decision(watch, HistoryStore(cfg.layout.history))
+        picked, reason = watch_decision(watch, HistoryStore(cfg.history_path))
         print(f"watching {watch}: {reason}")
         if picked is None:
             return {"skipped": True, "reason": reason, "watch": watch}
@@ -195,10 +232,14 @@ def e2x_pipeline(
         "checkpoint": str(ckpt),
         "train_seconds": meta.get("train_seconds"),
         **results,
+        "history_store": str(cfg.history_path),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if retrained is not None:
         summary["retrain"] = retrained
+        if rerun_retrained:
+            summary["after_retrain"] = _rerun_retrained(cfg, split, retrained, progress, dask)
+            summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(cfg.layout.run_summary, summary)
     report_path = None
     if report:

@@ -286,7 +286,7 @@ def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
         cmd += ["--name", "e2x-test", "--no-fiftyone", "--no-benchmark", "--no-progress"]
         cmd += ["--no-retrain"]  # scheduling is under test here; retraining is tested elsewhere
         cmd += ["--reports-dir", str(tmp_path / "reports")]
-        for k, v in {**_overrides(tiny_benchmark, out), "explain.max_candidates": 4}.items():
+        for k, v in {**_overrides(tiny_benchmark, out), "explain.max_candidates": 2}.items():
             v = "[" + ",".join(v) + "]" if isinstance(v, list) else v
             cmd += ["--set", f"{k}={v}"]
         serve = subprocess.Popen(

@@ -138,6 +138,11 @@ def test_every_command_runs_and_never_writes_into_the_inputs(user, coco_run):
     retrain = json.loads((run / "retrain.json").read_text())
     assert retrain["eval_split"] == "val" and "before" in retrain and "after" in retrain
     assert "demo finished" in out and "run finished" in out
+    # the demo's second run, on its retrained checkpoint, compares itself with the first
+    seventh = out[out.index("== 7. The next run, on the retrained checkpoint") :]
+    assert "Since run 1:" in seventh and "demo-out/retrained" in seventh
+    runs = seventh[seventh.index("== Run history") :].splitlines()[2:4]
+    assert [r.split()[0] for r in runs] == ["1", "2"]
 
 
 def test_user_mistakes_get_one_line_errors(user, capsys):

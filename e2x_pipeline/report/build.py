@@ -317,7 +317,7 @@ class ReportBuilder:
         """The run history: per failure mode, its status and share still failing, run by run."""
         from ..history import HistoryStore, trend_table
 
-        store = HistoryStore(self.cfg.layout.history)
+        store = HistoryStore(self.cfg.history_path)
         if not store.exists():
             return
         trend = trend_table(store)
