@@ -56,7 +56,9 @@ Each mode of this run is then
 * ``new``: anything else; a new stable id ``<kind>-<cause>-like-<n>`` on the benchmark, or
   ``<kind>-<dominant class>-<n>``.
 
-and every unmatched previous mode is ``closed``, with the share of its members still failing.
+and every unmatched previous mode is ``closed`` when fewer than half of its members still fail
+(``CLOSED_BELOW``), else ``dissolved``: its failures remain but no longer form a mode like it
+(they joined other modes), which is not a fix. Both carry the share of members still failing.
 The stable id names the mode's saved view in FiftyOne (``e2x-mode-<stable id>``), so a view keeps
 its name from checkpoint to checkpoint.
 """
@@ -79,7 +81,17 @@ import pandas as pd
 
 from .data.coco import load_image
 
-STATUSES = ("new", "persisting", "split", "closed")
+STATUSES = ("new", "persisting", "split", "closed", "dissolved")
+# an unmatched previous mode is closed only when most of its members are now detected
+CLOSED_BELOW = 0.5
+
+
+def unmatched_status(share_failing: float) -> str:
+    """``closed`` when fewer than ``CLOSED_BELOW`` of an unmatched mode's members still fail,
+    else ``dissolved``."""
+    return "closed" if share_failing < CLOSED_BELOW else "dissolved"
+
+
 FP_MEMBER_IOU = 0.5
 
 _SCHEMA = """
@@ -662,7 +674,8 @@ class HistoryStore:
 
 def trend_table(store: HistoryStore) -> pd.DataFrame:
     """One row per (run, stable mode id): its status and the share of its members still failing,
-    in run order; ``closed`` rows come from the run that closed the mode."""
+    in run order; ``closed`` / ``dissolved`` rows come from the run that no longer matched the
+    mode."""
     modes = store.modes()
     rows = []
     if len(modes):
@@ -685,7 +698,7 @@ def trend_table(store: HistoryStore) -> pd.DataFrame:
                 "seq": int(c.seq),
                 "stable_id": c.stable_id,
                 "kind": c.kind,
-                "status": "closed",
+                "status": unmatched_status(float(c.share_failing)),
                 "size": 0,
                 "n_members": int(c.n_members),
                 "share_failing": float(c.share_failing),
@@ -731,7 +744,8 @@ def format_history(store: HistoryStore) -> str:
                 cells.append(f"{'':>{width}}")
                 continue
             row = t.loc[s]
-            word = {"new": "new", "persisting": "kept", "split": "split", "closed": "closed"}
+            word = {"persisting": "kept", "split": "split"}
+            word.update({k: k for k in ("new", "closed", "dissolved")})
             if row["status"] == "new":
                 text = f"new {int(row['n_members'])}"
             else:
@@ -739,8 +753,8 @@ def format_history(store: HistoryStore) -> str:
             cells.append(f"{text:>{width}}")
         lines.append(f"{sid:<30} {t['kind'].iloc[0]:<4} " + "".join(cells))
     lines.append(
-        "new N: N member failures; kept/split/closed S: share S of the previous run's members of "
-        "that mode still failing"
+        "new N: N member failures; kept/split/closed/dissolved S: share S of the previous run's "
+        "members of that mode still failing (dissolved: unmatched, but most still fail)"
     )
     return "\n".join(lines)
 
@@ -751,7 +765,8 @@ def comparison_markdown(comparison: Comparison, previous_seq: int | None) -> str
         opened = ", ".join(f"`{m.stable_id}` ({len(m.members)})" for m in comparison.modes)
         return f"First run in this history: {len(comparison.modes)} failure modes ({opened})."
     lines = [f"Since run {previous_seq}:", ""]
-    closed = comparison.closed
+    closed = [c for c in comparison.closed if unmatched_status(c["share_failing"]) == "closed"]
+    dissolved = [c for c in comparison.closed if c not in closed]
     lines.append(
         "- **closed:** "
         + (
@@ -769,6 +784,13 @@ def comparison_markdown(comparison: Comparison, previous_seq: int | None) -> str
             or "none"
         )
     )
+    if dissolved:
+        lines.append(
+            "- **dissolved** (no longer a mode of its own; its failures joined others): "
+            + ", ".join(
+                f"`{c['stable_id']}` ({c['share_failing']:.0%} still failing)" for c in dissolved
+            )
+        )
     new = [m for m in comparison.modes if m.status == "new"]
     lines.append(
         "- **new:** " + (", ".join(f"`{m.stable_id}` ({len(m.members)})" for m in new) or "none")

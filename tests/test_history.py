@@ -21,6 +21,7 @@ from e2x_pipeline.history import (
     ModeRecord,
     RunRecord,
     compare_runs,
+    comparison_markdown,
     failing_set,
     format_history,
     member_key,
@@ -148,6 +149,18 @@ def test_compare_runs_statuses_ids_and_shares():
     assert by_id["fp-square-1"].status == "new"
     closed = {c["stable_id"]: c["share_failing"] for c in second.closed}
     assert closed == {"fn-camouflage-like-1": pytest.approx(0.2), "fp-distractor-like-1": 0.2}
+    text = comparison_markdown(second, 1)
+    assert "**closed:** `fn-camouflage-like-1` (20% still failing)" in text
+    assert "dissolved" not in text
+    # a mode no longer matched whose members still fail (they joined other modes) is not closed
+    still = compare_runs(first.modes, after.modes, after.failing + GT_A[2:9], set())
+    assert {c["stable_id"]: c["share_failing"] for c in still.closed}["fn-camouflage-like-1"] == (
+        pytest.approx(0.9)
+    )
+    text = comparison_markdown(still, 1)
+    assert "**closed:** `fp-distractor-like-1` (20% still failing)" in text
+    assert "**dissolved** (no longer a mode of its own" in text
+    assert "`fn-camouflage-like-1` (90% still failing)" in text
 
 
 def test_store_appends_once_per_run_and_ids_are_stable(tmp_path: Path):
