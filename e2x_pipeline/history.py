@@ -730,7 +730,7 @@ def format_history(store: HistoryStore) -> str:
     if not len(trend):
         return "\n".join([*lines, "", "no failure modes recorded"])
     seqs = runs["seq"].tolist()
-    width = 14
+    width = 16
     lines += [
         "",
         f"{'failure mode':<30} {'kind':<4} " + "".join(f"{'run ' + str(s):>{width}}" for s in seqs),
