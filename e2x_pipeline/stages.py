@@ -149,6 +149,29 @@ def publish_stage(
     return name
 
 
+def publish_evaluation_stage(
+    cfg: E2XConfig, split: str, checkpoint: Path, predictions: Path, dataset_name: str | None = None
+) -> str:
+    """Add ``checkpoint``'s FiftyOne evaluation run ``e2x_<first 12 hex of its file hash>``,
+    from its ``predictions`` table, to the mining dataset that :func:`publish_stage` published
+    for the base run; nothing else there changes. Returns the evaluation key."""
+    import pandas as pd
+
+    from . import fiftyone_io
+    from .io_utils import file_hash
+
+    name = dataset_name or cfg.data.fiftyone_dataset or f"e2x-{split}"
+    rerun = "the same 'e2x run' (or 'e2x demo')"
+    with run_lock(cfg.output_dir), fiftyone_io.publishing(name, str(cfg.output_dir), rerun):
+        return fiftyone_io.publish_checkpoint_evaluation(
+            name,
+            open_split(cfg, split),
+            pd.read_parquet(predictions),
+            file_hash(checkpoint)[:12],
+            iou=cfg.mining.iou,
+        )
+
+
 def reference_image(cfg: E2XConfig, max_images: int = 256) -> torch.Tensor:
     """The E2X reference: the mean image of (up to ``max_images`` of) the train split (the
     explained split when there is no train split).

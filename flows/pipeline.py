@@ -30,6 +30,7 @@ from .tasks import (  # noqa: F401  (re-exported: these used to live here)
     history_task,
     make_benchmark_task,
     mine_task,
+    publish_evaluation_task,
     publish_failures_task,
     publish_repair_task,
     publish_task,
@@ -102,12 +103,19 @@ def _stages(
 
 
 def _rerun_retrained(
-    cfg: E2XConfig, split: str, retrained: dict, progress: bool, dask: dict | None
+    cfg: E2XConfig,
+    split: str,
+    retrained: dict,
+    progress: bool,
+    dask: dict | None,
+    fiftyone: bool = False,
 ) -> dict:
     """The run a schedule would make next, on the retrained checkpoint: evaluate -> mine ->
     explain -> cluster -> history, in ``<output_dir>/retrained/`` and recorded in this run's
-    history, so the history says which failure modes the repair set closed. No repair set and no
-    FiftyOne: the base run's curation stays what the App shows."""
+    history, so the history says which failure modes the repair set closed. No repair set and
+    no curation in FiftyOne: the base run's stays what the App shows. With ``fiftyone`` the
+    retrained checkpoint's evaluation run is added to the mining dataset beside the base one,
+    for the App's Model Evaluation panel to compare."""
     from e2x_pipeline.mining import format_metrics
 
     ckpt = Path(retrained["checkpoint"])
@@ -122,8 +130,13 @@ def _rerun_retrained(
     mining = run_cached(mine_task, "mine", cfg2, split, cfg2, ckpt, split)
     explained = _explain(cfg2, split, ckpt, progress, dask)
     modes = run_cached(cluster_task, "cluster", cfg2, split, cfg2, ckpt, split, progress)
+    eval_key = None
+    if fiftyone:
+        predictions = cfg2.split_layout(split).require("predictions")
+        eval_key = publish_evaluation_task(cfg, split, ckpt, predictions)
     return {
         "checkpoint": str(ckpt),
+        "fiftyone_evaluation": eval_key,
         "output_dir": str(cfg2.output_dir),
         "evaluation": evaluation,
         "mining": mining,
@@ -238,7 +251,9 @@ def e2x_pipeline(
     if retrained is not None:
         summary["retrain"] = retrained
         if rerun_retrained:
-            summary["after_retrain"] = _rerun_retrained(cfg, split, retrained, progress, dask)
+            summary["after_retrain"] = _rerun_retrained(
+                cfg, split, retrained, progress, dask, fiftyone
+            )
             summary["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(cfg.layout.run_summary, summary)
     report_path = None

@@ -74,6 +74,11 @@ def publish_task(cfg: E2XConfig, split: str, checkpoint: Path | None = None) -> 
     return stages.publish_stage(cfg, split, checkpoint=checkpoint)
 
 
+@task(name="publish-evaluation", retries=2, retry_delay_seconds=5)
+def publish_evaluation_task(cfg: E2XConfig, split: str, checkpoint: Path, predictions: Path) -> str:
+    return stages.publish_evaluation_stage(cfg, split, checkpoint, predictions)
+
+
 @task(name="publish-failure-modes", retries=2, retry_delay_seconds=5)
 def publish_failures_task(
     cfg: E2XConfig, split: str, stable_ids: dict[int, str] | None = None

@@ -121,6 +121,25 @@ def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case) -> None
     # the outcome fields of the mining stage are untouched by the evaluation runs
     assert "e2x_predictions" in ds.get_field_schema()
 
+    # a further checkpoint (the retrained one) adds its run from its own predictions table and
+    # leaves the base run's predictions, outcomes and both runs as they are
+    before = ds.values("e2x_predictions.detections.confidence")
+    a_map = a.mAP()
+    strong = res.predictions.assign(score=res.predictions["score"].clip(upper=0.99))
+    for _ in range(2):  # a rerun replaces its own run only
+        key = fiftyone_io.publish_checkpoint_evaluation(fo_name, coco, strong, "c3")
+    ds.reload()
+    assert key == "e2x_c3"
+    assert sorted(ds.list_evaluations()) == ["e2x_a1", "e2x_b2", "e2x_c3"]
+    assert ds.values("e2x_predictions.detections.confidence") == before
+    assert ds.load_evaluation_results("e2x_a1").mAP() == a_map
+    c = ds.load_evaluation_results("e2x_c3")
+    assert abs(c.mAP() - a_map) < 1e-6  # same ranking as a1, so the same mAP
+    n_c = sum(len(x or []) for x in ds.values("e2x_c3_preds.detections"))
+    assert n_c == int(want)
+    with pytest.raises(FileNotFoundError, match="publish the base run first"):
+        fiftyone_io.publish_checkpoint_evaluation("e2x-no-such-dataset", coco, strong, "c3")
+
 
 def test_existing_dataset_with_another_schema_is_refused(fo_name, hand_case) -> None:  # noqa: F811
     import fiftyone as fo

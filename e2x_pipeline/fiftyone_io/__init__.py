@@ -11,6 +11,10 @@ idempotent:
 * :func:`write_predictions` sets the low-threshold predictions field (default
   ``e2x_predictions``); each detection carries ``candidate_id``, ``outcome``, ``error_type``,
   ``anchor`` and its ``score`` (as ``confidence``).
+* :func:`publish_mining` with a checkpoint key also stores the predictions as that checkpoint's
+  FiftyOne evaluation run ``e2x_<key>``; :func:`publish_checkpoint_evaluation` adds a further
+  checkpoint's run (the retrained one) beside it, so the App's Model Evaluation panel compares
+  them.
 * :func:`save_failures_view` saves the view ``e2x-failures``: samples with an fp or an fn.
 * :func:`publish_failures`, :func:`publish_repair`, :func:`export_repair` and
   :func:`launch_app`: the explained failures with heatmaps and failure modes, the repair set,
@@ -60,6 +64,7 @@ from .db import (
     delete_dataset,
     evaluate_with_fiftyone,
     open_coco_dataset,
+    publish_checkpoint_evaluation,
     publish_mining,
     save_failures_view,
     write_ground_truth,
@@ -98,6 +103,7 @@ __all__ = [
     "delete_dataset",
     "evaluate_with_fiftyone",
     "export_repair",
+    "publish_checkpoint_evaluation",
     "install_plugin",
     "launch_app",
     "lock_holder",

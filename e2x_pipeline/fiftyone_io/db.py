@@ -357,6 +357,41 @@ def record_checkpoint_evaluation(
     return eval_key
 
 
+def publish_checkpoint_evaluation(
+    name: str,
+    dataset: CocoDataset,
+    predictions: pd.DataFrame,
+    checkpoint_key: str,
+    iou: float = 0.5,
+    gt_field: str = GT_FIELD,
+) -> str:
+    """Add one more checkpoint's FiftyOne evaluation run to the published mining dataset
+    ``name``, leaving everything else as it is.
+
+    The checkpoint's best :data:`EVAL_MAX_PER_IMAGE` predictions scoring above
+    :data:`EVAL_MIN_SCORE` go to ``e2x_<key>_preds`` and are evaluated as run ``e2x_<key>``
+    (the same selection :func:`record_checkpoint_evaluation` makes), so the App's Model
+    Evaluation panel can compare it with the base run. The outcome fields, ``e2x_predictions``
+    and the saved views stay the base run's: the App keeps showing that run's curation.
+    """
+    fo = _fo()
+    if name not in fo.list_datasets():
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} does not exist; publish the base run first "
+            "('e2x mine', or the same 'e2x run' with FiftyOne on)"
+        )
+    ds = fo.load_dataset(name)
+    eval_key = checkpoint_eval_key(checkpoint_key)
+    kept = predictions[predictions["score"] > EVAL_MIN_SCORE]
+    kept = kept.sort_values(["image_id", "score"], ascending=[True, False], kind="stable")
+    kept = kept.groupby("image_id", sort=False).head(EVAL_MAX_PER_IMAGE)
+    field = f"{eval_key}_preds"
+    _check_field(ds, field, fo.Detections)
+    ds.set_values(field, _by_image(fo, ds, dataset, kept), key_field="filepath")
+    evaluate_with_fiftyone(ds, field, gt_field, eval_key, iou=iou, compute_mAP=True)
+    return eval_key
+
+
 def delete_dataset(name: str) -> None:
     """Delete the FiftyOne dataset ``name`` if it exists."""
     fo = _fo()
