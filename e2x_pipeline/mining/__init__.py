@@ -10,7 +10,9 @@ The package, by concept:
 * :mod:`.matching` -- detection-to-GT matching (COCO's rule) and the TIDE error type of an fp;
 * :mod:`.candidates` -- the FN candidates (near miss, uncovered anchor) and the rows of the
   candidates and predictions tables; **their columns are documented there**;
-* :mod:`.metrics` -- AP@0.5, counts, TIDE shares and recall per planted cause (``metrics.json``);
+* :mod:`.metrics` -- AP@0.5, counts, TIDE shares and dAP, recall per planted cause
+  (``metrics.json``);
+* :mod:`.tide` -- TIDE's dAP per error type (the AP gained by each type's oracle);
 * :mod:`.stage` -- :func:`mine` (record checks, the batched detection pass) and
   :func:`run_mining_stage`, which writes the tables where :class:`~e2x_pipeline.layout.SplitLayout`
   says; the rejected table is documented there.
@@ -40,6 +42,7 @@ from .stage import (
     mine,
     run_mining_stage,
 )
+from .tide import SPECIAL_ERRORS, tide_dap
 
 __all__ = [
     "BOX_COLS",
@@ -51,6 +54,7 @@ __all__ = [
     "OUTCOMES",
     "PREDICTION_COLUMNS",
     "REJECTED_COLUMNS",
+    "SPECIAL_ERRORS",
     "ImageMatch",
     "MiningContext",
     "MiningResult",
@@ -65,6 +69,7 @@ __all__ = [
     "near_miss",
     "pairwise_iou",
     "run_mining_stage",
+    "tide_dap",
     "tide_error_type",
     "uncovered_candidates",
     "xywh_to_xyxy",
