@@ -215,3 +215,45 @@ def test_dap_equals_tidecv_on_random_boxes(tidecv_run, seed: int) -> None:
     oracle = _tidecv(tidecv_run, ds, ids, dets)
     assert sum(oracle[e] > 0.005 for e in ERROR_TYPES) >= 4, oracle
     _assert_close(_ours(ds, ids, dets), oracle)
+
+
+def test_mining_metrics_terminal_report_and_summary_show_dap(tmp_path: Path) -> None:
+    """The planted case through ``mine`` (images on disk, a fixed-output detector): the metrics
+    carry the same dAP as :func:`tide_dap`, and the terminal table, the HTML report's TIDE table
+    and the Prefect markdown show it."""
+    from test_mining import FakeDetector, write_coco
+
+    from e2x_pipeline.config import load_config
+    from e2x_pipeline.data.coco import load_coco
+    from e2x_pipeline.io_utils import write_json
+    from e2x_pipeline.mining import format_metrics, mine
+    from e2x_pipeline.report.build import ReportBuilder
+    from e2x_pipeline.report.summary import _mining_md
+
+    ds, ids, dets = _planted()
+    want = _ours(ds, ids, dets)
+    anns = {i: [(a["id"], a["category_id"], a["bbox"], 0) for a in ds.annotations[i]] for i in ids}
+    fake = {
+        i: [(k, c, s, b) for k, (c, s, b) in enumerate(zip(d.labels.tolist(), d.scores.tolist(),
+                                                            d.boxes.tolist()))]
+        for i, d in dets.items()
+    }  # fmt: skip
+    path, img_dir = write_coco(tmp_path, anns, max(ids))
+    res = mine(FakeDetector(fake), load_coco(path, img_dir), MiningConfig())
+    m = res.metrics
+    assert m["tide_dap"] == pytest.approx({e: want[e] for e in ERROR_TYPES}, abs=1e-9)
+    assert m["tide_dap_special"] == pytest.approx({"fp": want["fp"], "fn": want["fn"]}, abs=1e-9)
+    loc = f"{want['loc']:.3f}"
+    row = next(r for r in format_metrics(m).splitlines() if r.startswith("loc "))
+    assert row.split()[-1] == loc, row
+    assert f"| loc | {m['error_types']['loc']} | {loc} |" in _mining_md("val", m)
+
+    cfg = load_config(None, {"output_dir": str(tmp_path / "run"), "data.root": str(tmp_path)})
+    layout = cfg.split_layout("val")
+    layout.root.mkdir(parents=True)
+    write_json(layout.mining_metrics, m)
+    rb = ReportBuilder(cfg, "val", tmp_path / "report")
+    rb.errors(res.candidates)
+    html = str(rb.sections[0].body)
+    assert "<th>dAP</th>" in html and f"<td>{loc}</td>" in html, html
+    assert f"{want['fn']:.3f}" in html  # the special (perfect recall) dAP

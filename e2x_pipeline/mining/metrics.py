@@ -2,9 +2,11 @@
 
 AP@0.5 per class comes from pycocotools ``COCOeval`` on the low-threshold detections. The counts
 are taken from the candidates table at the operating threshold: precision ``tp / (tp + fp)``,
-recall ``tp / (tp + fn)``, and each TIDE error type's share of the errors, ``count / (fp + fn)``
-(TIDE reports dAP per type; at one operating point we report shares). On the benchmark, recall
-per planted object cause, and per distractor cause the share of its regions that drew an fp.
+recall ``tp / (tp + fn)``, and each TIDE error type's share of the errors, ``count / (fp + fn)``.
+TIDE's own measure, ``tide_dap``, is per type the AP@0.5 gained by fixing that type with its oracle
+(:mod:`.tide`, on every low-threshold detection, checked against tidecv); ``tide_dap_special`` holds
+its ``fp`` (perfect precision) and ``fn`` (perfect recall) dAP. On the benchmark, recall per planted
+object cause, and per distractor cause the share of its regions that drew an fp.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..data.coco import CocoDataset
 from ..detectors.base import Detections
 from ..evaluation import average_precision, coco_eval
 from ..vocab import ERROR_TYPES, FN_KINDS, FP_ERROR_TYPES, OUTCOMES
+from .tide import tide_dap
 
 
 def coco_ap50(
@@ -42,8 +45,8 @@ def compute_metrics(
     cfg: MiningConfig,
     causes: list[dict] | None = None,
 ) -> dict[str, Any]:
-    """AP@0.5 per class, counts per outcome / error type / FN kind, TIDE-style shares of the
-    errors, and recall per planted cause."""
+    """AP@0.5 per class, counts per outcome / error type / FN kind, TIDE shares of the errors and
+    TIDE dAP per error type (:func:`.tide.tide_dap`), and recall per planted cause."""
     c = candidates
     ap = coco_ap50(dataset, image_ids, detections, label_cat)
     ap_named = {dataset.categories[k]: v for k, v in ap.items()}
@@ -55,6 +58,7 @@ def compute_metrics(
     fn_kind["none"] = int(fn["fn_kind"].isna().sum())
     n_err = outcome["fp"] + outcome["fn"]
     tp, fp, nfn = outcome["tp"], outcome["fp"], outcome["fn"]
+    tide = tide_dap(dataset, image_ids, detections, label_cat, cfg)
     return {
         "thresholds": cfg.model_dump(),
         "ap50": ap_named,
@@ -64,8 +68,10 @@ def compute_metrics(
         "recall": tp / (tp + nfn) if tp + nfn else None,
         "error_types": errors,
         "fn_kinds": fn_kind,
-        # TIDE reports dAP per type; at one operating point we report each type's share of errors
+        # each type's share of the errors at the operating point, and TIDE's dAP per type
         "tide_share": {e: (errors[e] / n_err if n_err else 0.0) for e in ERROR_TYPES},
+        "tide_dap": tide["dap"],
+        "tide_dap_special": tide["special"],
         "per_class": _per_class(c, dataset, label_cat, ap_named),
         "causes": {**_object_causes(c), **_region_causes(c, causes, image_ids)},
     }
@@ -165,9 +171,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         lines.append(
             f"{name:<16}{f(r['ap50']):>8}{r['tp']:>6}{r['fp']:>6}{r['fn']:>6}{f(r['recall']):>8}"
         )
-    lines += ["", f"{'error type':<16}{'count':>8}{'share':>8}"]
+    # metrics.json of runs before dAP existed has no tide_dap: shown as "-"
+    dap = metrics.get("tide_dap") or {}
+    lines += ["", f"{'error type':<16}{'count':>8}{'share':>8}{'dAP':>8}"]
     for e in ERROR_TYPES:
-        lines.append(f"{e:<16}{metrics['error_types'][e]:>8}{metrics['tide_share'][e]:>8.3f}")
+        lines.append(
+            f"{e:<16}{metrics['error_types'][e]:>8}{metrics['tide_share'][e]:>8.3f}"
+            f"{f(dap.get(e)):>8}"
+        )
+    special = metrics.get("tide_dap_special") or {}
+    if special:
+        lines.append(
+            "dAP: AP@0.5 gained by fixing the type alone (TIDE); special: "
+            f"fp {f(special.get('fp'))} (perfect precision), "
+            f"fn {f(special.get('fn'))} (perfect recall)"
+        )
     k = metrics["fn_kinds"]
     lines.append(
         f"FN candidates: near_miss {k['near_miss']}, uncovered {k['uncovered']}, none {k['none']}"

@@ -199,12 +199,17 @@ class ReportBuilder:
                 {"fn kind": k, "count": int(n)}
                 for k, n in failing["fn_kind"].dropna().value_counts().items()
             ]
+        # TIDE's dAP per type (mining metrics); a run mined before it existed shows "–"
+        mining = read_json(self.layout.mining_metrics) or {}
+        dap = mining.get("tide_dap") or {}
+        rows = [{"error type": t, "count": n, "dAP": dap.get(t)} for t, n in counts.items()]
         self.add(
             "errors",
             "Error breakdown (TIDE)",
             chart=img(rel, "error breakdown chart"),
-            counts=table([{"error type": t, "count": n} for t, n in counts.items()], cls="inline"),
+            counts=table(rows, cls="inline"),
             kinds=table(kinds, cls="inline") if kinds else None,
+            special=mining.get("tide_dap_special") or None,
         )
 
     def gallery(self, cands: pd.DataFrame, images: Images) -> None:

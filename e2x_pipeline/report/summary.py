@@ -40,9 +40,21 @@ def retrain_result(cfg: E2XConfig) -> dict | None:
         return None
 
 
+def _dap(values: dict, key: str) -> str:
+    v = values.get(key)
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+
+
 def _mining_md(split: str, mining: dict) -> list[str]:
     outcomes = mining.get("outcomes", {})
     errors = mining.get("error_types", {})
+    dap = mining.get("tide_dap") or {}  # TIDE's dAP per type; absent in runs mined before it
+    special = mining.get("tide_dap_special") or {}
+    special_md = [
+        f"Special dAP: perfect precision {_dap(special, 'fp')}, perfect recall "
+        f"{_dap(special, 'fn')}.",
+        "",
+    ]
     return [
         f"## Mining ({split})",
         "",
@@ -50,10 +62,13 @@ def _mining_md(split: str, mining: dict) -> list[str]:
         "|---|---|",
         *[f"| {k} | {outcomes.get(k, 0)} |" for k in OUTCOMES],
         "",
-        "| error type | count |",
-        "|---|---|",
-        *[f"| {k} | {errors.get(k, 0)} |" for k in ERROR_TYPES],
+        "| error type | count | dAP |",
+        "|---|---|---|",
+        *[f"| {k} | {errors.get(k, 0)} | {_dap(dap, k)} |" for k in ERROR_TYPES],
         "",
+        "dAP (TIDE): the AP@0.5 gained by fixing that error type alone with its oracle.",
+        "",
+        *(special_md if special else []),
     ]
 
 
