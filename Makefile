@@ -11,6 +11,9 @@ setup: $(VENV)/.e2x-installed
 $(VENV)/.e2x-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	# tidecv: the oracle of tests/test_tide.py. --no-deps because it requires opencv-python,
+	# which would replace FiftyOne's opencv-python-headless; 1.0.1 is its last release (2021)
+	$(BIN)/pip install --disable-pip-version-check --no-deps -q tidecv==1.0.1
 	$(BIN)/python -m e2x_pipeline.check_install
 	touch $@
 
