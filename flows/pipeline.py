@@ -1,4 +1,4 @@
-"""The end-to-end E2X flow (``e2x run``, ``e2x demo``, ``e2x serve``).
+"""The end-to-end E2X flow (``e2x run``, ``e2x demo``, ``e2x serve``, prefect.yaml's deployment).
 
 Orchestration only: every task calls one function of ``e2x_pipeline.stages`` (flows/tasks.py);
 the cache keys are in flows/caching.py. The flow's steps are plain helpers, not sub-flows, so that
@@ -18,7 +18,7 @@ from prefect.artifacts import (
 )
 
 from e2x_pipeline import stages
-from e2x_pipeline.config import E2XConfig
+from e2x_pipeline.config import E2XConfig, load_config
 from e2x_pipeline.data.inputs import check_data
 from e2x_pipeline.io_utils import write_json
 
@@ -198,9 +198,23 @@ def _summary_artifacts(cfg: E2XConfig, split: str, summary: dict, report: Path |
     )
 
 
+def flow_config(
+    config: dict | None, config_path: str | None, overrides: list[str] | None
+) -> E2XConfig:
+    """The run's config: the ``config`` dict (``e2x run``/``serve``), or the YAML file
+    ``config_path`` read at run time with ``overrides`` (``--set`` strings) applied, as
+    ``e2x run --config PATH --set ...`` does (a deployment of prefect.yaml); neither: the defaults.
+    A relative ``config_path`` is relative to the working directory (a worker: its pull step's)."""
+    if config is not None:
+        if config_path is not None or overrides:
+            raise ValueError("pass the flow either config or config_path/overrides, not both")
+        return E2XConfig.model_validate(config)
+    return load_config(config_path, overrides or [])
+
+
 @flow(name="e2x-pipeline", log_prints=True)
 def e2x_pipeline(
-    config: dict,
+    config: dict | None = None,
     progress: bool = True,
     fiftyone: bool = True,
     report: bool = True,
@@ -210,6 +224,8 @@ def e2x_pipeline(
     dask: dict | None = None,
     watch: str | None = None,
     rerun_retrained: bool = False,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """Benchmark -> train (cached) -> evaluate -> mine -> FiftyOne -> explain -> cluster -> repair
     -> retrain -> report. ``benchmark=True`` (``e2x demo``, ``e2x run --make-benchmark``) first
@@ -221,8 +237,12 @@ def e2x_pipeline(
     checkpoint there and skips the run when it is not newer than the last recorded run's
     (:func:`e2x_pipeline.history.watch_decision`). ``rerun_retrained`` (``e2x demo``) runs the
     pipeline again on the retrained checkpoint (:func:`_rerun_retrained`), so the run history
-    holds both checkpoints and says which failure modes the repair set closed."""
-    cfg = E2XConfig.model_validate(config)
+    holds both checkpoints and says which failure modes the repair set closed. ``config_path``
+    and ``overrides`` replace ``config`` (:func:`flow_config`): the deployment in prefect.yaml
+    reads its YAML file when each run starts, so an edited config needs no redeploy."""
+    cfg = flow_config(config, config_path, overrides)
+    if config is None:  # the summary records the config the run used, as read from the file
+        config = cfg.model_dump(mode="json")
     split = cfg.data.eval_split
     t0 = time.perf_counter()
     if benchmark:

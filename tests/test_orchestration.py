@@ -241,36 +241,72 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.mark.slow
-def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
-    """``e2x serve --interval`` against a local ``prefect server``: a scheduled run fires and
-    completes (about a minute: server start-up ~15 s, the pipeline on the tiny benchmark)."""
+def test_flow_config_takes_the_dict_or_reads_the_file(tmp_path):
+    """The pipeline flow's config: the dict of ``e2x run``, or a YAML file with ``--set``
+    overrides (the deployment's ``config_path``), never both."""
+    from e2x_pipeline.config import ConfigError
+    from flows.pipeline import flow_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 7\nmining: {iou: 0.6}\n")
+    cfg = flow_config(None, str(path), ["mining.iou=0.4", "device=cpu"])
+    assert (cfg.seed, cfg.mining.iou, cfg.device) == (7, 0.4, "cpu")
+    assert flow_config(cfg.model_dump(mode="json"), None, None) == cfg
+    with pytest.raises(ValueError, match="not both"):
+        flow_config(cfg.model_dump(mode="json"), str(path), None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        flow_config(None, str(tmp_path / "missing.yaml"), None)
+
+
+def _prefect() -> str:
+    # the venv's prefect: CI runs .venv/bin/pytest without the venv on PATH
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def _set_args(overrides: dict) -> list[str]:
+    """``--set`` strings, as ``e2x run --set`` and the deployment's ``overrides`` take them."""
+    out = []
+    for k, v in overrides.items():
+        v = "[" + ",".join(v) + "]" if isinstance(v, list) else v
+        out.append(f"{k}={v}")
+    return out
+
+
+def _tiny_run(bench: Path, out: Path) -> list[str]:
+    """The tiny benchmark with two explained candidates: scheduling is under test here."""
+    return _set_args({**_overrides(bench, out), "explain.max_candidates": 2})
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One real ``prefect server start`` on a free loopback port for this module's serve and
+    deployment tests (start-up is 15-60 s on a loaded machine), with its own PREFECT_HOME.
+    Yields ``(api_url, env)``: the environment every client process of the tests runs with."""
     import httpx
 
+    home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        # a few runs ahead, not 100: fewer SQLite writes while the tests run
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "5",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
         "PREFECT_UI_ENABLED": "false",
         "OMP_NUM_THREADS": "1",
     }
-    (tmp_path / "prefect").mkdir()
     server = subprocess.Popen(
-        # the venv's prefect: CI runs .venv/bin/pytest without the venv on PATH
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        cwd=tmp_path,
+        [_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=home,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    serve = None
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -281,32 +317,48 @@ def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the Prefect server did not start within 90 s")
-        out = tmp_path / "run"
-        cmd = [sys.executable, "-m", "e2x_cli.main", "serve", "--interval", "5"]
-        cmd += ["--name", "e2x-test", "--no-fiftyone", "--no-benchmark", "--no-progress"]
-        cmd += ["--no-retrain"]  # scheduling is under test here; retraining is tested elsewhere
-        cmd += ["--reports-dir", str(tmp_path / "reports")]
-        for k, v in {**_overrides(tiny_benchmark, out), "explain.max_candidates": 2}.items():
-            v = "[" + ",".join(v) + "]" if isinstance(v, list) else v
-            cmd += ["--set", f"{k}={v}"]
-        serve = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        yield api, env
+    finally:
+        _stop(server)
+
+
+def _runs_of(api: str, deployment: str) -> list[dict]:
+    """The flow runs of the deployment named ``deployment`` (the server is shared)."""
+    import httpx
+
+    body = {"deployments": {"name": {"any_": [deployment]}}}
+    return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+
+
+@pytest.mark.slow
+def test_serve_fires_a_scheduled_run_that_completes(prefect_server, tiny_benchmark, tmp_path):
+    """``e2x serve --interval`` against a local ``prefect server``: a scheduled run fires and
+    completes (about half a minute: the pipeline on the tiny benchmark)."""
+    import httpx
+
+    api, env = prefect_server
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "e2x_cli.main", "serve", "--interval", "5"]
+    cmd += ["--name", "e2x-test", "--no-fiftyone", "--no-benchmark", "--no-progress"]
+    cmd += ["--no-retrain"]  # scheduling is under test here; retraining is tested elsewhere
+    cmd += ["--reports-dir", str(tmp_path / "reports")]
+    for arg in _tiny_run(tiny_benchmark, out):
+        cmd += ["--set", arg]
+    serve = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
         completed = []
         deadline = time.monotonic() + 300
         while not completed and time.monotonic() < deadline and serve.poll() is None:
             time.sleep(2)
-            runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
-            completed = [
-                r
-                for r in runs
-                if r.get("deployment_id") and (r.get("state") or {}).get("type") == "COMPLETED"
-            ]
+            runs = _runs_of(api, "e2x-test")
+            completed = [r for r in runs if (r.get("state") or {}).get("type") == "COMPLETED"]
             failed = [r for r in runs if (r.get("state") or {}).get("type") == "FAILED"]
             if failed:
                 err = serve.stderr.read1().decode(errors="replace") if serve.stderr else ""
@@ -317,6 +369,83 @@ def test_serve_fires_a_scheduled_run_that_completes(tiny_benchmark, tmp_path):
         assert (out / "summary.json").is_file()
         assert list((tmp_path / "reports").glob("*/index.html"))
     finally:
-        if serve is not None:
-            _stop(serve)  # serve runners stop before the server, or they hang
-        _stop(server)
+        _stop(serve)  # serve runners stop before the server, or they hang
+        # its interval schedule would keep the shared server's scheduler busy
+        dep = httpx.get(f"{api}/deployments/name/e2x-pipeline/e2x-test", timeout=10)
+        if dep.status_code == 200:
+            httpx.delete(f"{api}/deployments/{dep.json()['id']}", timeout=10)
+
+
+def _ok(response):
+    """The JSON of a Prefect API response, or a failure that shows the server's answer."""
+    assert response.status_code < 400, f"{response.request.url}: {response.text[-2000:]}"
+    return response.json()
+
+
+def _cli(env: dict, *args: str, cwd: Path = ROOT, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        [_prefect(), "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_shipped_deployment_runs_on_a_process_worker(prefect_server, tiny_benchmark, tmp_path):
+    """The README's commands on the shipped prefect.yaml: a process work pool ``e2x``,
+    ``prefect deploy --all`` (in the repository), a run of the deployment with the tiny benchmark
+    as ``overrides`` of its config file, and ``prefect worker start --pool e2x --run-once``
+    started elsewhere: its pull step changes into the project, the run completes and writes the
+    summary (about 40 s: the deploy and the flow run each import torch and Prefect)."""
+    import json
+
+    import httpx
+
+    api, env = prefect_server
+    # `prefect work-pool create e2x --type process`, without the CLI's 3-5 s start-up
+    from prefect.workers.process import ProcessWorker
+
+    pool = {"name": "e2x", "type": "process"}
+    pool["base_job_template"] = ProcessWorker.get_default_base_job_template()
+    _ok(httpx.post(f"{api}/work_pools/", json=pool, timeout=10))
+    _cli(env, "deploy", "--all")
+    dep = _ok(httpx.get(f"{api}/deployments/name/e2x-pipeline/nightly", timeout=10))
+    assert dep["work_pool_name"] == "e2x" and dep["entrypoint"] == "flows/pipeline.py:e2x_pipeline"
+    [(step, spec)] = [next(iter(s.items())) for s in dep["pull_steps"]]
+    assert step == "prefect.deployments.steps.set_working_directory"
+    assert Path(spec["directory"]).resolve() == ROOT  # the project, recorded at deploy time
+    assert (ROOT / dep["parameters"]["config_path"]).is_file()
+    [schedule] = dep["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
+
+    out = tmp_path / "run"
+    params = {
+        "overrides": _tiny_run(tiny_benchmark, out),
+        "fiftyone": False,
+        "retrain": False,
+        "reports_dir": str(tmp_path / "reports"),
+    }
+    # `prefect deployment run e2x-pipeline/nightly --params JSON`, without the CLI's start-up;
+    # the server merges these over the deployment's parameters. Its own work queue keeps the
+    # worker off the nightly schedule's runs (one is due when the test runs at 02:00 UTC).
+    url = f"{api}/deployments/{dep['id']}/create_flow_run"
+    body = {"parameters": params, "work_queue_name": "e2x-test"}
+    run = _ok(httpx.post(url, json=body, timeout=10))
+    assert run["parameters"]["config_path"] == "configs/demo.yaml"
+    worker = tmp_path / "worker"  # not the project: the pull step must find it
+    worker.mkdir()
+    cmd = ["worker", "start", "--pool", "e2x", "--work-queue", "e2x-test", "--run-once"]
+    _cli(env, *cmd, cwd=worker, timeout=240)
+    state = _ok(httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10))["state"]
+    assert state["type"] == "COMPLETED", state.get("message")
+    summary = json.loads((out / "summary.json").read_text())
+    # the config file, read in the project, with the run's overrides on top
+    expected = load_config(ROOT / "configs" / "demo.yaml", params["overrides"])
+    assert summary["config"] == expected.model_dump(mode="json")
+    assert summary["config"]["data"]["root"] == str(tiny_benchmark)
+    assert summary["mining"] and list((tmp_path / "reports").glob("*/index.html"))
