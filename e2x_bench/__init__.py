@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "repair": "e2x_bench.repair:bench_repair",
     "scale": "e2x_bench.scale:bench_scale",
     "realsize": "e2x_bench.realsize:bench_realsize",
+    "similarity": "e2x_bench.similarity:bench_similarity",
 }
 
 

@@ -209,6 +209,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from e2x_pipeline import fiftyone_io
+    from e2x_pipeline.stages import fiftyone_names, open_split
+
+    if not args.load:  # a backend without credentials fails before the database is touched
+        fiftyone_io.check_annotation_backend(args.backend)
+    cfg = config(args)
+    split = _split(cfg, args)
+    name = fiftyone_names(cfg, split)["pool"]
+    with fiftyone_io.publishing(name, str(cfg.output_dir), f"'e2x annotate --split {split}'"):
+        if args.load:
+            key, n = fiftyone_io.load_repair_annotations(name, args.anno_key, args.label_field)
+            print(f"loaded annotation run {key!r}: {n} boxes in {args.label_field} of {name!r}")
+            return 0
+        classes = sorted(open_split(cfg, cfg.repair.pool_split).categories.values())
+        key, n = fiftyone_io.annotate_repair(
+            name,
+            args.backend,
+            args.anno_key,
+            args.label_field,
+            classes,
+            launch_editor=args.launch_editor,
+        )
+    print(
+        f"sent {n} repair-set images of {name!r} for labelling as annotation run {key!r} "
+        f"(field {args.label_field}); load them back with: e2x annotate --load --anno-key {key}"
+    )
+    return 0
+
+
 # the repository's FiftyOne plugin folder (an editable install runs from the repository)
 PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "plugins" / "e2x"
 

@@ -57,6 +57,9 @@ BENCH_HELP = {
     "similarity selection at budgets of 2, 5 and 10%% of the pool, 3 seeds each",
     "scale": "explain-stage wall time on 1 against 2 Dask workers (LocalCluster, one thread "
     "each) in one run (target speedup >= 1.7x)",
+    "similarity": "query time of the repair stage's NearestNeighbors against the FiftyOne Brain "
+    "similarity index e2x_regions on a finished run's pool (same failing-feature queries, k = "
+    "repair.neighbours)",
     "train": "train the detector from scratch and check the foundation's targets "
     "(clean mAP@0.5 >= 0.8, planted-cause recall <= 0.5, training <= 5 min)",
 }
@@ -307,6 +310,47 @@ COMMANDS: tuple[Command, ...] = (
                 default="coco",
                 metavar="FORMAT",
                 help="coco (default), yolov5, voc or cvat",
+            ),
+        ),
+    ),
+    Command(
+        "annotate",
+        help="send the repair set to CVAT, Label Studio or Labelbox; --load brings labels back",
+        description="Send the FiftyOne view 'e2x-repair' to a labelling backend with FiftyOne's "
+        "own view.annotate() (label type detections, the pool's classes, label field "
+        "--label-field), as the annotation run --anno-key. The backend's URL and credentials "
+        "come from FiftyOne's annotation config (fo.annotation_config.backends: "
+        "FIFTYONE_CVAT_URL / FIFTYONE_CVAT_USERNAME / FIFTYONE_CVAT_PASSWORD, "
+        "FIFTYONE_LABELSTUDIO_URL / FIFTYONE_LABELSTUDIO_API_KEY, FIFTYONE_LABELBOX_API_KEY, or "
+        "~/.fiftyone/annotation_config.json). With --load, download the run's labels with "
+        "ds.load_annotations() into --label-field (an e2x_ field, never the ground truth).",
+        handler=cmd.cmd_annotate,
+        flags=(
+            split("split whose repair set to annotate (default: data.eval_split)"),
+            flag(
+                "--backend",
+                help="a backend of fo.annotation_config.backends: cvat, labelstudio, labelbox "
+                "or one you registered (default: FiftyOne's annotation default_backend)",
+            ),
+            flag(
+                "--anno-key",
+                help="annotation run key (default: e2x_repair_<date>_<time>; with --load: the "
+                "newest e2x_repair_* run)",
+            ),
+            flag(
+                "--label-field",
+                default="e2x_annotations",
+                help="the e2x_ field annotated and loaded into (default: e2x_annotations)",
+            ),
+            flag(
+                "--launch-editor",
+                action="store_true",
+                help="open the backend's editor in a browser after the upload",
+            ),
+            flag(
+                "--load",
+                action="store_true",
+                help="load the annotation run's labels back into --label-field instead",
             ),
         ),
     ),

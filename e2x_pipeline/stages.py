@@ -333,17 +333,27 @@ def _publish_failures(
 
 
 def publish_repair_stage(cfg: E2XConfig, split: str) -> str:
-    """The repair set on the pool's FiftyOne dataset, with the saved view ``e2x-repair``."""
+    """The repair set on the pool's FiftyOne dataset, with the saved view ``e2x-repair``, and
+    the pool's regions as the Brain similarity index ``e2x_regions`` (the failing features as
+    its queries)."""
+    import numpy as np
     import pandas as pd
 
     from . import fiftyone_io
 
-    table = cfg.split_layout(split).require("repair_set")
+    layout, pool_layout = cfg.split_layout(split), cfg.split_layout(cfg.repair.pool_split)
+    table = layout.require("repair_set")
+    regions = fiftyone_io.PoolRegions(
+        pd.read_parquet(pool_layout.require("regions")),
+        np.load(pool_layout.require("region_embeddings"), allow_pickle=False),
+        pd.read_parquet(layout.require("features")),
+        cfg.repair.neighbours,
+    )
     name = fiftyone_names(cfg, split)["pool"]
     rerun = f"'e2x repair --split {split}' (or the same 'e2x run')"
     with fiftyone_io.publishing(name, str(cfg.output_dir), rerun):
         pool = open_split(cfg, cfg.repair.pool_split)
-        fiftyone_io.publish_repair(name, pool, pd.read_parquet(table))
+        fiftyone_io.publish_repair(name, pool, pd.read_parquet(table), regions=regions)
     return name
 
 

@@ -160,3 +160,24 @@ def test_unknown_format_is_a_one_line_error(tmp_path, capsys):
         "e2x: error: unknown export format 'tfrecord'; choose one of coco, yolov5, voc, cvat"
     ]
     assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_repair_publishes_the_pool_regions_as_a_brain_index(run):
+    """``e2x repair`` (publish_repair_stage) registered the similarity index ``e2x_regions``
+    from the run's own regions.parquet and features.parquet (tests/test_similarity.py checks
+    its answers against NearestNeighbors)."""
+    import fiftyone as fo
+
+    from e2x_pipeline import fiftyone_io
+
+    _, out, _ = run
+    ds = fo.load_dataset(POOL_DS)
+    assert ds.list_brain_runs() == [fiftyone_io.REGIONS_BRAIN_KEY]
+    regions = pd.read_parquet(out / "pool" / "regions.parquet")
+    features = pd.read_parquet(out / "val" / "features.parquet")
+    indexed = ds.values(f"{fiftyone_io.REGIONS_FIELD}.detections.region_id", unwind=True)
+    assert 0 < len(indexed) <= len(regions) and set(indexed) <= set(regions["region_id"])
+    index = ds.load_brain_results(fiftyone_io.REGIONS_BRAIN_KEY)
+    assert index.total_index_size == len(indexed)
+    queries = fiftyone_io.failure_queries(ds)
+    assert sorted(queries["feature_id"]) == sorted(features[features["mode_id"] >= 0]["feature_id"])

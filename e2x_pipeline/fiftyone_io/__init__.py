@@ -18,7 +18,12 @@ idempotent:
 * :func:`save_failures_view` saves the view ``e2x-failures``: samples with an fp or an fn.
 * :func:`publish_failures`, :func:`publish_repair`, :func:`export_repair` and
   :func:`launch_app`: the explained failures with heatmaps and failure modes, the repair set,
-  its export (FiftyOne's COCO, YOLOv5, VOC or CVAT exporter, :data:`EXPORT_FORMATS`) and the App.
+  its export (FiftyOne's COCO, YOLOv5, VOC or CVAT exporter, :data:`EXPORT_FORMATS`) and the App;
+  :func:`annotate_repair` / :func:`load_repair_annotations` send the repair view to a labelling
+  backend with FiftyOne's ``annotate()`` and load the labels back into ``e2x_annotations``.
+* :class:`PoolRegions`, :func:`region_query`, :func:`failure_queries` (:mod:`.similarity`): with
+  the repair set, :func:`publish_repair` registers the pool's regions (``e2x_regions``) as a
+  FiftyOne Brain similarity index under the same key, with the failing features as queries.
 * :func:`run_record_of`, :func:`candidate_ids`, :func:`write_heatmaps` and
   :func:`install_plugin` (:mod:`.on_demand`): what the App's "E2X: explain selected samples"
   operator (``plugins/e2x``) needs around :func:`e2x_pipeline.on_demand.explain_on_demand`.
@@ -50,11 +55,17 @@ from .convert import (
     dataset_names,
 )
 from .curation import (
+    ANNO_KEY_PREFIX,
+    ANNOTATION_FIELD,
     EXPORT_FORMATS,
     EXPORT_LAYOUTS,
+    annotate_repair,
+    check_annotation_backend,
     check_export_format,
+    default_anno_key,
     export_repair,
     launch_app,
+    load_repair_annotations,
     publish_failures,
     publish_repair,
 )
@@ -79,9 +90,20 @@ from .on_demand import (
     run_record_of,
     write_heatmaps,
 )
+from .similarity import (
+    FAILURE_QUERIES_RUN,
+    REGIONS_BRAIN_KEY,
+    REGIONS_FIELD,
+    PoolRegions,
+    failure_queries,
+    region_query,
+)
 
 __all__ = [
+    "ANNOTATION_FIELD",
+    "ANNO_KEY_PREFIX",
     "EXPORT_FORMATS",
+    "FAILURE_QUERIES_RUN",
     "EXPORT_LAYOUTS",
     "FAILURES_VIEW",
     "GT_FIELD",
@@ -91,27 +113,36 @@ __all__ = [
     "OPERATOR_URI",
     "PLUGIN_NAME",
     "PRED_FIELD",
+    "REGIONS_BRAIN_KEY",
+    "REGIONS_FIELD",
     "REPAIR_FIELD",
     "REPAIR_VIEW",
     "DatasetLockTimeout",
     "FiftyOneSchemaError",
     "FiftyOneUnavailable",
+    "PoolRegions",
+    "annotate_repair",
     "candidate_ids",
+    "check_annotation_backend",
     "check_export_format",
     "dataset_lock",
     "dataset_names",
+    "default_anno_key",
     "delete_dataset",
     "evaluate_with_fiftyone",
+    "failure_queries",
     "export_repair",
     "publish_checkpoint_evaluation",
     "install_plugin",
     "launch_app",
+    "load_repair_annotations",
     "lock_holder",
     "open_coco_dataset",
     "publish_failures",
     "publish_mining",
     "publish_repair",
     "publishing",
+    "region_query",
     "run_record_of",
     "save_failures_view",
     "write_ground_truth",

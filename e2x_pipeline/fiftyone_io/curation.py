@@ -30,6 +30,7 @@ from .convert import (
     REPAIR_VIEW,
 )
 from .db import _check_field, _fo, _paths, open_coco_dataset, open_or_create
+from .similarity import PoolRegions, publish_region_index
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDataset  # only for hints: importing it imports torch
@@ -209,13 +210,16 @@ def publish_repair(
     pool: CocoDataset,
     repair_set: pd.DataFrame,
     gt_field: str = GT_FIELD,
+    regions: PoolRegions | None = None,
 ) -> Any:
     """Write the repair set onto the pool's dataset and save the view ``e2x-repair``.
 
     Every pool sample gets ``e2x_failure_mode``, ``e2x_score`` and ``e2x_repair_rank`` (None when
     not selected) and ``e2x_repair_region`` (the matching superpixel's box, labelled
-    ``mode-<k>``, confidence = match score). The view holds the selected samples, best match
-    first. A rerun replaces the previous selection in place.
+    ``mode-<k>``, confidence = match score, and its ``region_id`` when ``regions`` is given). The
+    view holds the selected samples, best match first. With ``regions`` (what the repair stage
+    searched) the pool's regions also become the Brain similarity index ``e2x_regions`` with the
+    failing features as queries (:mod:`.similarity`). A rerun replaces all of it in place.
     """
     fo = _fo()
     from fiftyone import ViewField as F
@@ -223,24 +227,39 @@ def publish_repair(
     ds = open_coco_dataset(name, pool, gt_field)
     _check_field(ds, REPAIR_FIELD, fo.Detections)
     chosen = {int(r.image_id): r for r in repair_set.itertuples()}
+    region_id = (
+        {
+            (int(i), int(s)): str(r)
+            for i, s, r in regions.regions[["image_id", "segment", "region_id"]].itertuples(
+                index=False
+            )
+        }
+        if regions is not None
+        else {}
+    )
     mode, score, rank, region = {}, {}, {}, {}
-    for image_id, path in _paths(ds).items():
+    paths = _paths(ds)
+    for image_id, path in paths.items():
         r = chosen.get(image_id)
         w, h = convert.image_size(pool.images.get(image_id, {}))
         mode[path] = int(r.mode_id) if r is not None else None
         score[path] = float(r.score) if r is not None else None
         rank[path] = int(r.rank) if r is not None else None
-        region[path] = (
-            fo.Detections(detections=[fo.Detection(**convert.repair_detection(r, w, h))])
-            if r is not None
-            else None
-        )
+        region[path] = None
+        if r is not None:
+            det = convert.repair_detection(r, w, h)
+            rid = region_id.get((image_id, int(r.segment)))
+            if rid is not None:  # the same region as in e2x_regions
+                det["region_id"] = rid
+            region[path] = fo.Detections(detections=[fo.Detection(**det)])
     ds.set_values("e2x_failure_mode", mode, key_field="filepath")
     ds.set_values("e2x_score", score, key_field="filepath")
     ds.set_values("e2x_repair_rank", rank, key_field="filepath")
     ds.set_values(REPAIR_FIELD, region, key_field="filepath")
     view = ds.match(F("e2x_repair_rank") != None).sort_by("e2x_repair_rank")  # noqa: E711
     ds.save_view(REPAIR_VIEW, view, overwrite=True)
+    if regions is not None:
+        publish_region_index(ds, pool, regions, paths)
     return ds
 
 
@@ -389,6 +408,145 @@ def export_repair(
     classes = sorted(labels.categories.values()) if labels is not None else None
     _export_atomic(fo, view, export_dir, label_field, classes, fmt)
     return len(view)
+
+
+# ``e2x annotate``: the repair view goes to a labelling backend through FiftyOne's annotate()
+ANNOTATION_FIELD = "e2x_annotations"
+ANNO_KEY_PREFIX = "e2x_repair_"
+# what FiftyOne's built-in backends need before they can log in: groups of alternatives, read
+# from fo.annotation_config.backends[<backend>] (env FIFTYONE_<BACKEND>_<PARAM>, or the
+# annotation config file); a backend FiftyOne defaults to a placeholder for needs it set
+_BACKEND_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "cvat": (("username", "email"), ("password",)),
+    "labelstudio": (("url",), ("api_key",)),
+    "labelbox": (("api_key",),),
+}
+_PLACEHOLDER_URLS = {"labelstudio": "https://labelstud.io"}  # a web site, not a server
+
+
+def default_anno_key() -> str:
+    """``e2x_repair_<YYYYmmdd_HHMMSS>``: one annotation run per ``e2x annotate``."""
+    import time
+
+    return ANNO_KEY_PREFIX + time.strftime("%Y%m%d_%H%M%S")
+
+
+def check_annotation_backend(backend: str | None) -> str:
+    """The backend's name (None: FiftyOne's ``annotation_config.default_backend``) when
+    FiftyOne's annotation config has what it needs to log in, else a one-line ValueError naming
+    the variables to set. Reads only the config: no database, no network."""
+    import fiftyone as fo
+    import fiftyone.core.config as foc
+
+    conf = fo.annotation_config
+    name = backend or conf.default_backend
+    if name not in conf.backends:
+        raise ValueError(
+            f"unknown annotation backend {name!r}; FiftyOne's annotation config "
+            f"(fo.annotation_config.backends) has {', '.join(sorted(conf.backends))}"
+        )
+    params = conf.backends[name]
+    missing = []
+    for group in _BACKEND_NEEDS.get(name, ()):
+        have = [p for p in group if params.get(p) and params.get(p) != _PLACEHOLDER_URLS.get(name)]
+        if not have:
+            names = [f"FIFTYONE_{name.upper()}_{p.upper()}" for p in group]
+            missing.append(names[0] if len(names) == 1 else f"({' or '.join(names)})")
+    if missing:
+        url = params.get("url")
+        asks_url = any("url" in group for group in _BACKEND_NEEDS[name])
+        where = f" (FIFTYONE_{name.upper()}_URL is now {url})" if url and not asks_url else ""
+        raise ValueError(
+            f"annotation backend {name!r} is not configured: set {' and '.join(missing)}{where}, "
+            f"or the same keys under backends.{name} in {foc.locate_annotation_config()}"
+        )
+    return name
+
+
+def _repair_dataset(fo: Any, name: str) -> Any:
+    if not fo.dataset_exists(name) or REPAIR_VIEW not in fo.load_dataset(name).list_saved_views():
+        raise FileNotFoundError(
+            f"FiftyOne dataset {name!r} has no saved view {REPAIR_VIEW!r}; run 'e2x repair' first"
+        )
+    return fo.load_dataset(name)
+
+
+def _check_e2x_field(field: str) -> str:
+    if not field.startswith("e2x_"):
+        raise ValueError(
+            f"label field {field!r} does not start with 'e2x_'; annotations go to an e2x_ field, "
+            "never the dataset's own labels"
+        )
+    return field
+
+
+def annotate_repair(
+    name: str,
+    backend: str | None = None,
+    anno_key: str | None = None,
+    label_field: str = ANNOTATION_FIELD,
+    classes: list[str] | None = None,
+    launch_editor: bool = False,
+    **backend_options: Any,
+) -> tuple[str, int]:
+    """Send the ``e2x-repair`` view to a labelling backend with FiftyOne's own
+    ``view.annotate(anno_key, backend=..., label_field=..., label_type="detections",
+    classes=..., launch_editor=...)`` (fiftyone.utils.annotations.annotate); ``backend_options``
+    go to the backend's config class. Returns (annotation key, images sent).
+
+    ``label_field`` (an ``e2x_`` field) is where :func:`load_repair_annotations` puts the labels
+    back; the boxes it already holds (an earlier run's) are sent for editing.
+    """
+    backend = check_annotation_backend(backend)  # before touching the database
+    _check_e2x_field(label_field)
+    fo = _fo()
+    ds = _repair_dataset(fo, name)
+    anno_key = anno_key or default_anno_key()
+    if anno_key in ds.list_annotation_runs():
+        raise ValueError(
+            f"dataset {name!r} already has an annotation run {anno_key!r}; pass another "
+            "--anno-key, or load it back with --load"
+        )
+    _check_field(ds, label_field, fo.Detections)
+    view = ds.load_saved_view(REPAIR_VIEW)
+    view.annotate(
+        anno_key,
+        backend=backend,
+        label_field=label_field,
+        label_type="detections",
+        classes=classes,
+        launch_editor=launch_editor,
+        **backend_options,
+    )
+    return anno_key, len(view)
+
+
+def latest_anno_key(ds: Any) -> str | None:
+    """The newest annotation run whose key starts with ``e2x_repair_``."""
+    keys = [k for k in ds.list_annotation_runs() if k.startswith(ANNO_KEY_PREFIX)]
+    return max(keys, key=lambda k: ds.get_annotation_info(k).timestamp, default=None)
+
+
+def load_repair_annotations(
+    name: str, anno_key: str | None = None, dest_field: str = ANNOTATION_FIELD
+) -> tuple[str, int]:
+    """Download annotation run ``anno_key`` (default: the newest ``e2x_repair_*``) with
+    ``ds.load_annotations(anno_key, dest_field=dest_field, unexpected="ignore")`` into the
+    ``e2x_`` field ``dest_field``. Returns (annotation key, labels now in ``dest_field``)."""
+    _check_e2x_field(dest_field)
+    fo = _fo()
+    ds = _repair_dataset(fo, name)
+    anno_key = anno_key or latest_anno_key(ds)
+    if anno_key is None or anno_key not in ds.list_annotation_runs():
+        have = ", ".join(ds.list_annotation_runs()) or "none"
+        raise FileNotFoundError(
+            f"dataset {name!r} has no annotation run {anno_key or ANNO_KEY_PREFIX + '*'!r} "
+            f"(it has: {have}); run 'e2x annotate' first"
+        )
+    check_annotation_backend(ds.get_annotation_info(anno_key).config.name)
+    _check_field(ds, dest_field, fo.Detections)
+    ds.load_annotations(anno_key, dest_field=dest_field, unexpected="ignore")
+    return anno_key, ds.count(f"{dest_field}.detections")
 
 
 def launch_app(
