@@ -92,7 +92,7 @@ def test_fiftyone_coco_eval_differs_only_on_crowds(fo_name, hand_case) -> None: 
     assert counts == res.metrics["outcomes"]
 
 
-def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case) -> None:  # noqa: F811
+def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case, tmp_path) -> None:  # noqa: F811
     """Two checkpoints on the same dataset: two FiftyOne evaluation runs side by side (what the
     App's Model Evaluation panel lists), each with its own predictions and mAP; rerunning one
     replaces only its own."""
@@ -105,6 +105,13 @@ def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case) -> None
 
     coco, det = hand_case
     res = mine(det, coco, MiningConfig())
+    # the dataset also holds another folder's copy of image 1 (the benchmark generated
+    # elsewhere, say): same COCO id, other file. It gets none of this run's labels and is not
+    # evaluated.
+    import fiftyone as fo
+
+    ds = fiftyone_io.publish_mining(fo_name, coco, res.candidates, res.predictions)
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "elsewhere" / "1.png"), image_id=1))
     fiftyone_io.publish_mining(fo_name, coco, res.candidates, res.predictions, checkpoint_key="a1")
     # "checkpoint b2" ranks its detections the other way round: a worse PR curve
     weak = res.predictions.assign(score=(1 - res.predictions["score"]).clip(lower=0.06))
@@ -137,6 +144,11 @@ def test_each_checkpoint_gets_its_own_evaluation_run(fo_name, hand_case) -> None
     assert abs(c.mAP() - a_map) < 1e-6  # same ranking as a1, so the same mAP
     n_c = sum(len(x or []) for x in ds.values("e2x_c3_preds.detections"))
     assert n_c == int(want)
+    other = ds.match(fo.ViewField("filepath").starts_with(str(tmp_path / "elsewhere")))
+    assert len(other) == 1
+    assert other.first()["e2x_predictions"] is None and other.first()["e2x_c3_preds"] is None
+    for k in ("e2x_a1", "e2x_c3"):
+        assert other.first()[f"{k}_fp"] is None  # not part of either evaluation
     with pytest.raises(FileNotFoundError, match="publish the base run first"):
         fiftyone_io.publish_checkpoint_evaluation("e2x-no-such-dataset", coco, strong, "c3")
 

@@ -238,7 +238,7 @@ def publish_repair(
         else {}
     )
     mode, score, rank, region = {}, {}, {}, {}
-    paths = _paths(ds)
+    paths = _paths(ds, pool)
     for image_id, path in paths.items():
         r = chosen.get(image_id)
         w, h = convert.image_size(pool.images.get(image_id, {}))
@@ -256,7 +256,9 @@ def publish_repair(
     ds.set_values("e2x_score", score, key_field="filepath")
     ds.set_values("e2x_repair_rank", rank, key_field="filepath")
     ds.set_values(REPAIR_FIELD, region, key_field="filepath")
-    view = ds.match(F("e2x_repair_rank") != None).sort_by("e2x_repair_rank")  # noqa: E711
+    # only this pool's images: the dataset may also hold another folder's (an older pool)
+    selected = F("filepath").is_in(sorted(paths.values())) & (F("e2x_repair_rank") != None)  # noqa: E711
+    view = ds.match(selected).sort_by("e2x_repair_rank")
     ds.save_view(REPAIR_VIEW, view, overwrite=True)
     if regions is not None:
         publish_region_index(ds, pool, regions, paths)

@@ -133,9 +133,24 @@ def open_coco_dataset(
     return ds
 
 
-def _paths(ds: Any) -> dict[int, str]:
+def _paths(ds: Any, dataset: CocoDataset | None = None) -> dict[int, str]:
+    """``image_id -> filepath`` of the samples that hold ``dataset``'s images.
+
+    Matched by the image's absolute path, not by the ``image_id`` field alone: a dataset that
+    also holds another folder's images (the same benchmark generated elsewhere, a user's other
+    split) has the same COCO ids on other samples, and those must not get this run's labels.
+    Without ``dataset``, every sample that carries an ``image_id``.
+    """
     ids, paths = ds.values(["image_id", "filepath"])
-    return {int(i): p for i, p in zip(ids, paths, strict=True) if i is not None}
+    if dataset is None:
+        return {int(i): p for i, p in zip(ids, paths, strict=True) if i is not None}
+    have = set(paths)
+    out: dict[int, str] = {}
+    for image_id in dataset.image_ids:
+        path = str(Path(dataset.image_path(image_id)).resolve())
+        if path in have:
+            out[int(image_id)] = path
+    return out
 
 
 def write_ground_truth(
@@ -152,7 +167,7 @@ def write_ground_truth(
     _check_field(ds, gt_field, fo.Detections)
     cause_of = convert.causes_by_annotation(causes)
     outcome = convert.gt_outcomes(candidates)
-    paths = _paths(ds)
+    paths = _paths(ds, dataset)
     values: dict[str, Any] = {}
     for image_id in dataset.image_ids:
         if image_id not in paths:
@@ -184,7 +199,7 @@ def _detections(fo: Any, rows: pd.DataFrame, w: float, h: float) -> Any:
 def _by_image(fo: Any, ds: Any, dataset: CocoDataset, rows: pd.DataFrame) -> dict[str, Any]:
     """``filepath -> fo.Detections`` of ``rows`` for every sample of ``dataset`` (empty when an
     image has no rows, so stale labels of an earlier run never survive)."""
-    paths = _paths(ds)
+    paths = _paths(ds, dataset)
     groups = dict(tuple(rows.groupby("image_id"))) if len(rows) else {}
     empty = rows.iloc[:0]
     values: dict[str, Any] = {}
@@ -258,7 +273,8 @@ def publish_mining(
     write_predictions(ds, dataset, predictions, pred_field, fn, min_score)
     save_failures_view(ds, pred_field, gt_field)
     if checkpoint_key is not None:
-        record_checkpoint_evaluation(ds, checkpoint_key, iou, gt_field)
+        paths = list(_paths(ds, dataset).values())
+        record_checkpoint_evaluation(ds, checkpoint_key, iou, gt_field, paths)
     return ds
 
 
@@ -272,6 +288,7 @@ def evaluate_with_fiftyone(
     min_score: float | None = None,
     compute_mAP: bool = False,  # noqa: N803  (FiftyOne's own argument name)
     max_per_image: int | None = None,
+    filepaths: list[str] | None = None,
 ) -> dict[str, int]:
     """Run FiftyOne's ``evaluate_detections`` and return its tp / fp / fn counts.
 
@@ -282,16 +299,20 @@ def evaluate_with_fiftyone(
     the field ``<eval_key>_preds`` first, and only that field and the GT are loaded, because
     FiftyOne's per-sample save during evaluation grows
     quadratically with the labels a sample holds (minutes for 200 predictions per image). The
-    evaluation is stored under ``eval_key`` (replaced when it exists).
+    evaluation is stored under ``eval_key`` (replaced when it exists). With ``filepaths`` only
+    those samples are evaluated (the run's split, when the dataset holds more images).
     """
     fo = _fo()
+    from fiftyone import ViewField as F
+
+    scope = ds if filepaths is None else ds.match(F("filepath").is_in(sorted(filepaths)))
 
     if eval_key in ds.list_evaluations():
         ds.delete_evaluation(eval_key)
     if min_score is not None:
         kept = f"{eval_key}_preds"
         _check_field(ds, kept, fo.Detections)
-        ids, dets = ds.values(["id", f"{pred_field}.detections"])
+        ids, dets = scope.values(["id", f"{pred_field}.detections"])
 
         def kept_labels(labels: list | None) -> list:
             above = [d for d in (labels or []) if (d.confidence or 0) > min_score]
@@ -305,7 +326,7 @@ def evaluate_with_fiftyone(
         ds.set_values(kept, values, key_field="id")
         pred_field = kept
     # only the two fields: FiftyOne re-saves every loaded field of each sample it evaluates
-    view = ds.select_fields([pred_field, gt_field])
+    view = scope.select_fields([pred_field, gt_field])
     view.evaluate_detections(
         pred_field,
         gt_field=gt_field,
@@ -315,7 +336,7 @@ def evaluate_with_fiftyone(
         compute_mAP=compute_mAP,
         progress=False,
     )
-    return {k: int(ds.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
+    return {k: int(scope.sum(f"{eval_key}_{k}")) for k in ("tp", "fp", "fn")}
 
 
 EVAL_MIN_SCORE = 0.05
@@ -333,7 +354,11 @@ def checkpoint_eval_key(checkpoint_key: str) -> str:
 
 
 def record_checkpoint_evaluation(
-    ds: Any, checkpoint_key: str, iou: float = 0.5, gt_field: str = GT_FIELD
+    ds: Any,
+    checkpoint_key: str,
+    iou: float = 0.5,
+    gt_field: str = GT_FIELD,
+    filepaths: list[str] | None = None,
 ) -> str:
     """Store the current ``e2x_predictions`` as the FiftyOne evaluation run of one checkpoint.
 
@@ -353,6 +378,7 @@ def record_checkpoint_evaluation(
         min_score=EVAL_MIN_SCORE,
         max_per_image=EVAL_MAX_PER_IMAGE,
         compute_mAP=True,
+        filepaths=filepaths,
     )
     return eval_key
 
@@ -388,7 +414,10 @@ def publish_checkpoint_evaluation(
     field = f"{eval_key}_preds"
     _check_field(ds, field, fo.Detections)
     ds.set_values(field, _by_image(fo, ds, dataset, kept), key_field="filepath")
-    evaluate_with_fiftyone(ds, field, gt_field, eval_key, iou=iou, compute_mAP=True)
+    paths = list(_paths(ds, dataset).values())
+    evaluate_with_fiftyone(
+        ds, field, gt_field, eval_key, iou=iou, compute_mAP=True, filepaths=paths
+    )
     return eval_key
 
 
