@@ -1,14 +1,17 @@
 """``e2x bench repair``: does the E2X repair set fix the failures better than other selections?
 
-For each budget (a share of the pool) and each strategy -- E2X's repair set, random, least
-confidence, whole-image similarity (:mod:`selection`) -- the detector is fine-tuned with the same
-recipe (``retrain.*``) on train plus the selected pool images, labels revealed, once per seed, and
-evaluated on ``retrain.eval_split``:
+For each budget (a share of the pool) and each strategy -- E2X's repair set (with the configured
+and with the diminishing-returns allocation), random, least confidence, whole-image similarity,
+patch similarity and the k-center core-set (:mod:`selection`) -- the detector is fine-tuned
+with the same recipe (``retrain.*``) on train plus the selected pool images, labels revealed,
+once per seed, and evaluated on ``retrain.eval_split``:
 
 * planted-cause FNs recovered = objects of the FN causes (occluder, camouflage) detected after
   minus before, at the operating threshold;
 * distractor FPs removed = distractors fired on before minus after;
-* mAP@0.5 over all test images.
+* mAP@0.5 over all test images;
+* labels-to-fix per planted cause and the areas under the recovery curves
+  (:func:`labels_to_fix`), with the issue's targets (:func:`labels_to_fix_targets`).
 
 The E2X selection at each budget re-uses the eval split's failure modes and match scores (the
 demo's run, made first when missing). Results: ``reports/bench/repair.{json,md,png}``.
@@ -29,6 +32,7 @@ from tqdm.auto import tqdm
 from e2x_pipeline.config import E2XConfig
 from e2x_pipeline.detectors.base import Detector
 from e2x_pipeline.layout import SplitLayout
+from e2x_pipeline.mining.candidates import BOX_COLS, GT_COLS
 
 from .selection import STRATEGIES, SelectionInputs
 
@@ -63,6 +67,7 @@ def _outcome(ev: dict, before: dict) -> dict:
         "fn_recovered": det_after - det_before,
         "planted_recall": det_after / objects if objects else None,
         "recall_by_cause": ev["recall_by_cause"],
+        "recall_clean": ev.get("recall_clean"),
         "distractor_fp_rate": ev.get("distractor_fp_rate"),
         "distractor_fps_removed": round(
             (before.get("distractor_fp_rate", 0) - ev.get("distractor_fp_rate", 0)) * n_distr
@@ -91,14 +96,21 @@ def _evaluator(cfg: E2XConfig) -> Callable[[Detector], dict]:
 
 
 def _selection_inputs(
-    cfg: E2XConfig, det: Detector, pool: Any, layout: SplitLayout
+    cfg: E2XConfig, det: Detector, pool: Any, train: Any, layout: SplitLayout
 ) -> SelectionInputs:
     """The strategies' inputs: the repair stage's tables and the explained failures' images."""
     cands = pd.read_parquet(layout.candidates)
     expl = pd.read_parquet(layout.explanations)
-    failure_images = sorted(
-        set(cands.set_index("candidate_id").loc[expl["candidate_id"].unique(), "image_path"])
-    )
+    explained = cands.set_index("candidate_id").loc[sorted(expl["candidate_id"].unique())]
+    failure_images = sorted(set(explained["image_path"]))
+    # the failure's box: the missed object's GT box for an FN, the detection's box otherwise
+    fn = (explained["outcome"] == "fn").to_numpy()[:, None]
+    boxes = np.where(fn, explained[GT_COLS].to_numpy(), explained[BOX_COLS].to_numpy())
+    keep = np.isfinite(boxes).all(1)
+    failure_boxes = [
+        (str(p), [float(v) for v in b])
+        for p, b in zip(explained["image_path"][keep], boxes[keep], strict=True)
+    ]
     return SelectionInputs(
         det,
         pool,
@@ -106,11 +118,17 @@ def _selection_inputs(
         pd.read_parquet(layout.repair_scores),
         pd.read_parquet(layout.failure_modes),
         cfg.repair.allocation,
+        failure_boxes,
+        [str(train.image_path(i)) for i in train.image_ids],
     )
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (budget share, strategy): means (and sd) over the seeds."""
+    table = table.copy()
+    per_cause = {f"recall_{c}": (f"recall_{c}", "mean") for c in FN_CAUSES}
+    for c in FN_CAUSES:
+        table[f"recall_{c}"] = [r.get(c, np.nan) for r in table["recall_by_cause"]]
     return (
         table.groupby(["budget_share", "strategy"])
         .agg(
@@ -119,12 +137,117 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
             fn_recovered_std=("fn_recovered", "std"),
             planted_recall=("planted_recall", "mean"),
             planted_recall_std=("planted_recall", "std"),
+            recall_clean=("recall_clean", "mean"),
+            **per_cause,
             distractor_fps_removed=("distractor_fps_removed", "mean"),
+            distractor_fp_rate=("distractor_fp_rate", "mean"),
             map50=("map50", "mean"),
             selected_with_cause=("selected_with_cause", "mean"),
         )
         .reset_index()
     )
+
+
+FIXED_RECALL_SHARE = 0.8  # an FN cause is fixed at 0.8 of the clean objects' recall
+FIXED_FP_SHARE = 0.5  # an FP cause is fixed when its FP rate has halved
+
+
+def first_crossing(xs: list[float], ys: list[float], target: float, rising: bool) -> float | None:
+    """The smallest ``x`` where the piecewise-linear curve through ``(xs, ys)`` reaches ``target``.
+
+    ``rising``: reaches means ``y >= target`` (else ``y <= target``). Between two points the
+    crossing is linearly interpolated; ``None`` when the curve never gets there (``> max``).
+    """
+    sign = 1.0 if rising else -1.0
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if y is None or not np.isfinite(y) or sign * (y - target) < 0:
+            continue
+        if k == 0:
+            return float(x)
+        x0, y0 = xs[k - 1], ys[k - 1]
+        if y0 is None or not np.isfinite(y0) or y == y0:
+            return float(x)
+        return float(x0 + (target - y0) * (x - x0) / (y - y0))
+    return None
+
+
+def _curves(summary: pd.DataFrame, before: dict, strategy: str) -> dict[str, list[float]]:
+    """Budget (images, from 0 = before) against each cause's fix measure, for one strategy."""
+    s = summary[summary["strategy"] == strategy].sort_values("budget")
+    clean = [before.get("recall_clean") or np.nan, *s["recall_clean"]]
+    out: dict[str, list[float]] = {"budget": [0.0, *s["budget"].astype(float)]}
+    for c in FN_CAUSES:
+        recall = [before["recall_by_cause"].get(c, np.nan), *s[f"recall_{c}"]]
+        out[c] = [r / k if k else np.nan for r, k in zip(recall, clean, strict=True)]
+    out["distractor"] = [before.get("distractor_fp_rate", np.nan), *s["distractor_fp_rate"]]
+    out["planted_recall"] = [before["planted_recall"], *s["planted_recall"]]
+    return out
+
+
+def _mean_over_budget(xs: list[float], ys: list[float]) -> float | None:
+    return float(np.trapezoid(ys, xs) / max(xs)) if max(xs) > 0 else None
+
+
+def labels_to_fix(summary: pd.DataFrame, before: dict) -> dict[str, dict]:
+    """Per strategy: labels-to-fix per planted cause and the areas under the curves.
+
+    * FN cause ``c``: the smallest budget ``n`` (pool images labelled) at which
+      ``recall_c(n) >= FIXED_RECALL_SHARE * recall_clean(n)``, interpolated between budgets
+      (:func:`first_crossing`); ``None`` = not reached at the largest budget.
+    * FP cause (distractor): the smallest ``n`` with ``fp_rate(n) <= FIXED_FP_SHARE * fp_rate(0)``.
+    * ``auc_planted_recall``: ``(1 / n_max) * integral_0^n_max recall(n) dn`` (trapezoids) of
+      the recall on planted-cause objects, the mean recall over the budget range; higher is
+      better. ``auc_distractor_fp_rate`` likewise for the distractor FP rate; lower is better.
+    """
+    out: dict[str, dict] = {}
+    for strategy in sorted(summary["strategy"].unique()):
+        cv = _curves(summary, before, strategy)
+        xs, n_max = cv["budget"], max(cv["budget"])
+        row: dict = {
+            c: first_crossing(xs, cv[c], FIXED_RECALL_SHARE, rising=True) for c in FN_CAUSES
+        }
+        row["distractor"] = first_crossing(
+            xs, cv["distractor"], FIXED_FP_SHARE * cv["distractor"][0], rising=False
+        )
+        row["auc_planted_recall"] = _mean_over_budget(xs, cv["planted_recall"])
+        row["auc_distractor_fp_rate"] = _mean_over_budget(xs, cv["distractor"])
+        row["budget_max"] = n_max
+        out[strategy] = row
+    return out
+
+
+def _ltf_ratio(ltf: dict, other: str, cause: str, need: float) -> dict:
+    """labels-to-fix of ``other`` over E2X's for one cause, with the target met or not."""
+    mine, base = ltf["e2x"].get(cause), ltf[other].get(cause)
+    if mine is None:  # E2X never fixed it: missed, whatever the other did
+        return {"e2x": None, other: base, "ratio": None, "met": False}
+    if base is None:  # only E2X fixed it: at least max/mine
+        bound = ltf[other]["budget_max"] / mine if mine else float("inf")
+        return {"e2x": mine, other: None, "ratio_at_least": bound, "met": bound >= need}
+    ratio = base / mine if mine else float("inf")
+    return {"e2x": mine, other: base, "ratio": ratio, "met": ratio >= need}
+
+
+def labels_to_fix_targets(ltf: dict) -> dict:
+    """The issue's labels-to-fix targets: per FN cause >= 3x fewer than random, >= 2x fewer
+    than least confidence and patch similarity; on the FP cause at least as good as all."""
+    targets: dict = {}
+    if "e2x" not in ltf:
+        return targets
+    for cause in FN_CAUSES:
+        for other, need in (("random", 3.0), ("least_confidence", 2.0), ("patch_similarity", 2.0)):
+            if other in ltf:
+                key = f"labels-to-fix {cause}: {other} / e2x (>= {need:g})"
+                targets[key] = _ltf_ratio(ltf, other, cause, need)
+    others = [s for s in ltf if not s.startswith("e2x")]
+    mine = ltf["e2x"]["distractor"]
+    best = [ltf[s]["distractor"] for s in others if ltf[s]["distractor"] is not None]
+    targets["labels-to-fix distractor: e2x <= every baseline"] = {
+        "e2x": mine,
+        "best baseline": min(best) if best else None,
+        "met": mine is not None and all(mine <= b for b in best),
+    }
+    return targets
 
 
 @dataclass
@@ -183,10 +306,16 @@ def bench_repair(
     """Every strategy of :data:`.selection.STRATEGIES` at every budget and seed (module doc)."""
     from .common import write_bench
 
+    bad = [b for b in budgets if not 0 < b <= 1]
+    if bad or not budgets or not seeds:
+        raise ValueError(
+            f"bench repair: budgets are shares of the pool in (0, 1] and at least one seed is "
+            f"needed; got budgets {list(budgets)} (bad: {bad}), seeds {list(seeds)}"
+        )
     t_start = time.perf_counter()
     det, _, layout = _prepare(cfg, progress)
     b = _bench(cfg, det)
-    inputs = _selection_inputs(cfg, det, b.pool, layout)
+    inputs = _selection_inputs(cfg, det, b.pool, b.train, layout)
     t_sel = time.perf_counter()
     inputs.rank()
     selection_seconds = time.perf_counter() - t_sel
@@ -198,6 +327,7 @@ def bench_repair(
         head = {"budget_share": budget_share, "budget": n, "strategy": strategy, "seed": seed}
         runs.append({**head, **_run(b, files, seed)})
     summary = _summary(pd.DataFrame(runs))
+    ltf = labels_to_fix(summary, _outcome(b.before, b.before))
     result = {
         "pool_images": len(b.pool.images),
         "budgets": list(budgets),
@@ -207,6 +337,12 @@ def bench_repair(
         "runs": runs,
         "summary": summary.to_dict("records"),
         "targets_at_5_percent": targets_at(summary, 0.05),
+        "labels_to_fix": ltf,
+        "labels_to_fix_targets": labels_to_fix_targets(ltf),
+        "map50_never_falls": {
+            s: bool((summary[summary["strategy"] == s]["map50"] >= b.before["map50"]).all())
+            for s in STRATEGIES
+        },
         "selection_seconds_uncertainty_and_similarity": round(selection_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -219,7 +355,7 @@ def targets_at(summary: pd.DataFrame, share: float = 0.05) -> dict:
     """The issue's targets at one budget share, from the per-strategy means."""
     at5 = summary[np.isclose(summary["budget_share"], share)].set_index("strategy")
     targets = {}
-    if len(at5) == len(STRATEGIES):
+    if {"e2x", "random", "similarity"} <= set(at5.index):
         e2x = at5.loc["e2x"]
 
         def ratio(other: str, key: str = "fn_recovered") -> dict:
@@ -247,6 +383,7 @@ def targets_at(summary: pd.DataFrame, share: float = 0.05) -> dict:
 
 
 def _plot(summary: pd.DataFrame, before: dict, path: Path) -> None:
+    """Recovery against budget per planted cause, one panel each, every strategy a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,33 +391,32 @@ def _plot(summary: pd.DataFrame, before: dict, path: Path) -> None:
 
     from e2x_pipeline.io_utils import atomic_write
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     base = _outcome(before, before)
+    panels = [
+        *((c, f"{c} recall / clean recall", FIXED_RECALL_SHARE) for c in FN_CAUSES),
+        ("distractor", "distractor FP rate", FIXED_FP_SHARE * base["distractor_fp_rate"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for strategy in STRATEGIES:
-        s = summary[summary["strategy"] == strategy]
-        axes[0].errorbar(
-            100 * s["budget_share"],
-            s["planted_recall"],
-            yerr=s["planted_recall_std"].fillna(0),
-            marker="o",
-            capsize=3,
-            label=strategy,
-        )
-        axes[1].plot(100 * s["budget_share"], s["distractor_fps_removed"], marker="o")
-    axes[0].axhline(base["planted_recall"], color="grey", ls="--", label="before")
-    axes[0].set(
-        xlabel="budget (% of pool)",
-        ylabel="recall on planted-cause objects (test)",
-        title="FNs: occluder + camouflage",
-    )
-    axes[1].set(
-        xlabel="budget (% of pool)", ylabel="distractor FPs removed (test)", title="FPs: distractor"
-    )
-    axes[0].legend()
+        if strategy not in set(summary["strategy"]):
+            continue
+        cv = _curves(summary, base, strategy)
+        for ax, (key, _, _) in zip(axes, panels, strict=True):
+            ax.plot(cv["budget"], cv[key], marker="o", label=strategy)
+    for ax, (key, label, target) in zip(axes, panels, strict=True):
+        ax.axhline(target, color="grey", ls="--", label="fixed")
+        ax.set(xlabel="pool images labelled", ylabel=f"{label} (test)", title=key)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     with atomic_write(path) as fh:
         fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "> max"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
 def _markdown(result: dict, summary: pd.DataFrame) -> str:
@@ -312,5 +448,27 @@ def _markdown(result: dict, summary: pd.DataFrame) -> str:
             f"{kk} {vv:.2f}" for kk, vv in v.items() if kk != "met" and isinstance(vv, float)
         )
         lines.append(f"- {k}: {shown}{met}")
+    lines += [
+        "",
+        "Labels-to-fix (pool images labelled; interpolated between budgets; '> max' = not "
+        f"reached at the largest budget): an FN cause is fixed at {FIXED_RECALL_SHARE} of the "
+        f"clean objects' recall, the distractor when its FP rate has fallen to "
+        f"{FIXED_FP_SHARE} of before. AUC = mean over the budget range (0 to the largest).",
+        "",
+        "| strategy | " + " | ".join(FN_CAUSES) + " | distractor | AUC planted recall | "
+        "AUC distractor FP rate | mAP@0.5 never below before |",
+        "|---|" + "---|" * (len(FN_CAUSES) + 4),
+    ]
+    for strategy, row in result["labels_to_fix"].items():
+        cells = [_fmt(row[c]) for c in (*FN_CAUSES, "distractor")]
+        never = result["map50_never_falls"].get(strategy)
+        lines.append(
+            f"| {strategy} | " + " | ".join(cells) + f" | {row['auc_planted_recall']:.3f} | "
+            f"{row['auc_distractor_fp_rate']:.3f} | {'yes' if never else 'NO'} |"
+        )
+    lines += ["", "Labels-to-fix targets:", ""]
+    for k, v in result["labels_to_fix_targets"].items():
+        shown = ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items() if kk != "met")
+        lines.append(f"- {k}: {shown} ({'met' if v['met'] else 'MISSED'})")
     lines += ["", f"Wall time {result['wall_seconds'] / 60:.1f} min.", "", "![](repair.png)"]
     return "\n".join(lines)

@@ -11,7 +11,22 @@ Each returns the file names of ``budget`` pool images, best first:
   L2-normalised per level and concatenated; a pool image scores its highest cosine similarity to
   any image that holds an explained failure (scikit-learn ``NearestNeighbors``, the same index
   FiftyOne Brain's sklearn backend uses).
-* :func:`select_e2x` -- the repair stage's mode-aware selection at another budget.
+* :func:`select_similar_patches` -- patch similarity, what FiftyOne Brain's
+  ``compute_similarity(patches_field=...)`` + ``sort_by_similarity`` gives a user: each
+  explained failure's box (the missed object's GT box for an FN, the detection's box for an FP)
+  is embedded with the repair stage's region embedding (:class:`RegionEmbedder`, the box as the
+  region) and searched over the pool's patches, the detector's own detections on each pool image
+  (score >= ``min_score``, its ``max_patches`` best: the pool has no labels). A pool image scores
+  the highest cosine similarity between one of its patches and any failure box. This is the
+  strongest retrieval baseline: it looks where the failure is, but not at what caused it.
+* :func:`select_core_set` -- diversity: k-center greedy on the whole-image embeddings (the
+  core-set of Sener & Savarese 2018, Alg. 1): starting from the labelled training images, each
+  pick is the pool image farthest (Euclidean) from everything labelled or picked so far,
+  ``u = argmax_i min_j ||e_i - e_j||``. The picks are nested, so one full ordering serves
+  every budget.
+* :func:`select_e2x` -- the repair stage's mode-aware selection at another budget, with the
+  config's ``repair.allocation`` (``e2x``) and with the diminishing-returns allocation
+  (``e2x_diminishing``, :func:`e2x_pipeline.repair.allocate`).
 
 :data:`STRATEGIES` is their registry: name -> ``strategy(inputs, budget, seed)``, each taking a
 :class:`SelectionInputs` (what any strategy may use; the model-based rankings are computed once,
@@ -21,7 +36,7 @@ on first use, and cut to each budget).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -32,7 +47,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from e2x_pipeline.data.coco import CocoDataset, load_image
 from e2x_pipeline.detectors.base import Detector
-from e2x_pipeline.inference import detect_dataset
+from e2x_pipeline.features import RegionEmbedder
+from e2x_pipeline.inference import detect_dataset, iter_image_batches
 from e2x_pipeline.repair import select_repair_set
 
 
@@ -90,6 +106,74 @@ def select_similar_images(
     return _names(pool, [pool.image_ids[k] for k in order[:budget]])
 
 
+def select_similar_patches(
+    detector: Detector,
+    pool: CocoDataset,
+    failure_boxes: Sequence[tuple[str, Sequence[float]]],
+    budget: int,
+    min_score: float = 0.05,
+    max_patches: int = 20,
+) -> list[str]:
+    """Pool images whose patch is most similar (cosine) to any failure box (module doc).
+
+    ``failure_boxes`` holds ``(image path, xyxy box)`` per explained failure. A pool image with
+    no detection at ``min_score`` has no patch and comes last.
+    """
+    embedder = RegionEmbedder(detector)
+    by_image: dict[str, list[Sequence[float]]] = {}
+    for path, box in failure_boxes:
+        by_image.setdefault(path, []).append(box)
+    paths = sorted(by_image)
+    queries = embedder.embed_boxes(
+        [load_image(p) for p in paths], [np.asarray(by_image[p]) for p in paths]
+    )
+    index = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute")
+    index.fit(np.concatenate(queries))
+    dets = detect_dataset(detector, pool, min_score, progress=False)
+    sim = dict.fromkeys(pool.image_ids, -np.inf)
+    for ids, images in iter_image_batches(pool, embedder.batch_size):
+        boxes = []
+        for i in ids:
+            d = dets.get(i)
+            keep = torch.argsort(d.scores, descending=True)[:max_patches] if d else []
+            boxes.append(d.boxes[keep].numpy() if d else np.zeros((0, 4)))
+        for i, emb in zip(ids, embedder.embed_boxes(images, boxes), strict=True):
+            if len(emb):
+                sim[i] = float(1.0 - index.kneighbors(emb)[0].min())
+    order = sorted(pool.image_ids, key=lambda i: (-sim[i], i))
+    return _names(pool, order[:budget])
+
+
+def k_center_greedy(pool_emb: np.ndarray, labelled_emb: np.ndarray, budget: int) -> list[int]:
+    """Row indices of ``pool_emb`` in the order k-center greedy picks them (module doc).
+
+    Ties go to the lowest index. With no labelled rows the first pick is row 0.
+    """
+    n = len(pool_emb)
+    if labelled_emb.size:
+        index = NearestNeighbors(n_neighbors=1, algorithm="brute").fit(labelled_emb)
+        nearest = index.kneighbors(pool_emb)[0][:, 0]
+    else:
+        nearest = np.full(n, np.inf)
+    picks: list[int] = []
+    for _ in range(min(budget, n)):
+        u = int(np.argmax(nearest))  # the first maximum: the lowest index on a tie
+        picks.append(u)
+        nearest = np.minimum(nearest, np.linalg.norm(pool_emb - pool_emb[u], axis=1))
+        nearest[u] = -1.0  # never picked twice, even among duplicates
+    return picks
+
+
+def select_core_set(
+    detector: Detector, pool: CocoDataset, labelled_images: Sequence[str], budget: int
+) -> list[str]:
+    """k-center greedy over whole-image embeddings, from the labelled images (module doc)."""
+    pool_emb = image_embeddings(detector, [str(pool.image_path(i)) for i in pool.image_ids])
+    labelled = image_embeddings(detector, list(labelled_images))
+    picks = k_center_greedy(pool_emb, labelled, budget)
+    return _names(pool, [pool.image_ids[k] for k in picks])
+
+
 def select_e2x(
     scores: pd.DataFrame, modes: pd.DataFrame, pool: CocoDataset, budget: int, allocation: str
 ) -> list[str]:
@@ -110,6 +194,9 @@ class SelectionInputs:
     scores: pd.DataFrame  # the repair stage's match scores (pool image x failure mode)
     modes: pd.DataFrame  # the failure modes (mode_id, size)
     allocation: str  # repair.allocation
+    # (image path, xyxy box) per explained failure: the GT box of an FN, the box of an FP
+    failure_boxes: list[tuple[str, list[float]]] = field(default_factory=list)
+    labelled_images: list[str] = field(default_factory=list)  # the training images
 
     @cached_property
     def uncertainty_order(self) -> list[str]:
@@ -123,9 +210,24 @@ class SelectionInputs:
             self.detector, self.pool, self.failure_images, len(self.pool.images)
         )
 
+    @cached_property
+    def patch_similarity_order(self) -> list[str]:
+        """Every pool image, most similar patch to any failure box first (module doc)."""
+        return select_similar_patches(
+            self.detector, self.pool, self.failure_boxes, len(self.pool.images)
+        )
+
+    @cached_property
+    def core_set_order(self) -> list[str]:
+        """Every pool image in k-center greedy order from the labelled images (module doc)."""
+        return select_core_set(
+            self.detector, self.pool, self.labelled_images, len(self.pool.images)
+        )
+
     def rank(self) -> None:
         """Compute the model-based rankings now (so that their time can be measured apart)."""
         _ = self.uncertainty_order, self.similarity_order
+        _ = self.patch_similarity_order, self.core_set_order
 
 
 Strategy = Callable[[SelectionInputs, int, int], list[str]]  # (inputs, budget, seed) -> files
@@ -133,6 +235,10 @@ Strategy = Callable[[SelectionInputs, int, int], list[str]]  # (inputs, budget, 
 
 def _e2x(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
     return select_e2x(inputs.scores, inputs.modes, inputs.pool, budget, inputs.allocation)
+
+
+def _e2x_diminishing(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return select_e2x(inputs.scores, inputs.modes, inputs.pool, budget, "diminishing")
 
 
 def _random(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
@@ -147,12 +253,23 @@ def _similarity(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
     return inputs.similarity_order[:budget]
 
 
+def _patch_similarity(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return inputs.patch_similarity_order[:budget]
+
+
+def _core_set(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    return inputs.core_set_order[:budget]
+
+
 # name -> strategy; the order is the order of the benchmark's tables and plots
 STRATEGIES: dict[str, Strategy] = {
     "e2x": _e2x,
+    "e2x_diminishing": _e2x_diminishing,
     "random": _random,
     "least_confidence": _least_confidence,
     "similarity": _similarity,
+    "patch_similarity": _patch_similarity,
+    "core_set": _core_set,
 }
 
 

@@ -405,7 +405,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = config(args)
     fn = get_bench(args.bench_name)
-    extra = {"full": True} if getattr(args, "full", False) else {}
+    extra: dict = {"full": True} if getattr(args, "full", False) else {}
+    for key in ("budgets", "seeds"):
+        if getattr(args, key, None):
+            extra[key] = tuple(getattr(args, key))
     result = fn(cfg, args.out, progress=not args.no_progress, **extra)
     print(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, indent=2, default=str))
     print(f"results written to {args.out}/{args.bench_name}.json and .md")

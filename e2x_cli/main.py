@@ -53,8 +53,9 @@ BENCH_HELP = {
     "realsize": "seconds to explain one detection of Faster R-CNN MobileNetV3-FPN (91 COCO "
     "classes) at its own 800 px input size, per method",
     "mine": "mining cost against plain batched inference on the same images (target <= 1.1x)",
-    "repair": "retrain with the E2X repair set against random, least-confidence and whole-image "
-    "similarity selection at budgets of 2, 5 and 10%% of the pool, 3 seeds each",
+    "repair": "retrain with the E2X repair set against random, least-confidence, whole-image "
+    "similarity, patch-similarity and core-set selection at budgets of 2, 5 and 10%% of the pool "
+    "(--budgets), 3 seeds each (--seeds); labels-to-fix per planted cause",
     "scale": "explain-stage wall time on 1 against 2 Dask workers (LocalCluster, one thread "
     "each) in one run (target speedup >= 1.7x)",
     "similarity": "query time of the repair stage's NearestNeighbors against the FiftyOne Brain "
@@ -64,6 +65,17 @@ BENCH_HELP = {
     "(clean mAP@0.5 >= 0.8, planted-cause recall <= 0.5, training <= 5 min)",
 }
 BENCH_FLAGS: dict[str, tuple[Flags, ...]] = {
+    "repair": (
+        flag(
+            "--budgets",
+            type=float,
+            nargs="+",
+            metavar="SHARE",
+            help="budgets as shares of the pool (default: 0.02 0.05 0.1); each adds one "
+            "fine-tuning per strategy and seed (about 40 s each on 2 CPU cores)",
+        ),
+        flag("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0 1 2)"),
+    ),
     "explain": (
         flag(
             "--full",

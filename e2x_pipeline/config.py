@@ -270,7 +270,8 @@ class RepairConfig(_Section):
     pool_split: str = "pool"
     budget: int = Field(30, ge=1)
     """Pool images to select in total (the labelling budget)."""
-    allocation: Literal["proportional", "even"] = "proportional"
+    allocation: Literal["proportional", "even", "diminishing"] = "proportional"
+    """How the budget is split across failure modes (repair.allocate)."""
     neighbours: int = Field(50, ge=1)
     """Nearest pool regions retrieved per failing feature."""
     pool_labels: Path | None = None

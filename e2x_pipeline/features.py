@@ -145,32 +145,66 @@ class RegionEmbedder:
     def _embed_batch(
         self, images: list[Tensor], segments: list[np.ndarray], ids: list[Sequence[int]]
     ) -> list[np.ndarray]:
-        sizes = {tuple(im.shape) for im in images}
-        if len(sizes) == 1:
-            levels = self._feature_maps(torch.stack(images))
-            per_image = [[lv[b : b + 1] for lv in levels] for b in range(len(images))]
-        else:  # mixed sizes: one backbone pass per image
-            per_image = [self._feature_maps(im.unsqueeze(0)) for im in images]
+        per_image = self._per_image_maps(images)
         out = []
         for b, (image, seg, wanted) in enumerate(zip(images, segments, ids, strict=True)):
             wanted = np.asarray(wanted, dtype=np.int64)
             if wanted.size == 0:
                 out.append(np.zeros((0, self.dim(per_image[b])), dtype=np.float32))
                 continue
-            masks = torch.from_numpy(seg[None] == wanted[:, None, None]).float()
-            masks = masks.to(per_image[b][0].device).unsqueeze(1)  # [n, 1, H, W]
-            parts = []
-            for fmap in per_image[b]:
-                h, w = fmap.shape[-2:]
-                cover = F.adaptive_avg_pool2d(masks, (h, w)).flatten(1)  # [n, h*w]
-                feats = fmap[0].flatten(1)  # [C, h*w]
-                e = cover @ feats.T / cover.sum(1, keepdim=True).clamp_min(1e-12)
-                parts.append(F.normalize(e, dim=1))
-            emb = torch.cat(parts, dim=1) / len(parts) ** 0.5
-            emb_np = emb.cpu().numpy().astype(np.float32)
+            masks = torch.from_numpy(seg[None] == wanted[:, None, None])
+            emb_np = self._pool(per_image[b], masks)
             if self.appearance:
                 emb_np = np.concatenate([emb_np, self._appearance(image, seg, wanted)], axis=1)
             out.append(emb_np)
+        return out
+
+    def _per_image_maps(self, images: list[Tensor]) -> list[list[Tensor]]:
+        if len({tuple(im.shape) for im in images}) == 1:
+            levels = self._feature_maps(torch.stack(images))
+            return [[lv[b : b + 1] for lv in levels] for b in range(len(images))]
+        return [self._feature_maps(im.unsqueeze(0)) for im in images]  # one pass per size
+
+    @staticmethod
+    def _pool(maps: list[Tensor], masks: Tensor) -> np.ndarray:
+        """``[n, D]``: the module formula for the ``[n, H, W]`` region masks of one image."""
+        masks = masks.float().to(maps[0].device).unsqueeze(1)  # [n, 1, H, W]
+        parts = []
+        for fmap in maps:
+            h, w = fmap.shape[-2:]
+            cover = F.adaptive_avg_pool2d(masks, (h, w)).flatten(1)  # [n, h*w]
+            feats = fmap[0].flatten(1)  # [C, h*w]
+            e = cover @ feats.T / cover.sum(1, keepdim=True).clamp_min(1e-12)
+            parts.append(F.normalize(e, dim=1))
+        return (torch.cat(parts, dim=1) / len(parts) ** 0.5).cpu().numpy().astype(np.float32)
+
+    def embed_boxes(
+        self, images: Sequence[Tensor], boxes: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """Per image, ``[len(boxes[b]), D]`` embeddings of its ``[n, 4]`` xyxy pixel boxes.
+
+        The module formula with the box as the region R (a pixel is in the box when its centre
+        is), the way FiftyOne Brain's patch similarity embeds a label's patch; no appearance
+        part. Boxes may overlap, which one label map of segments could not express.
+        """
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start : start + self.batch_size])
+            maps = self._per_image_maps(chunk)
+            for b, image in enumerate(chunk):
+                xyxy = np.asarray(boxes[start + b], dtype=np.float64).reshape(-1, 4)
+                h, w = image.shape[-2:]
+                ys, xs = np.mgrid[:h, :w] + 0.5
+                masks = (
+                    (xs >= xyxy[:, 0, None, None])
+                    & (xs <= xyxy[:, 2, None, None])
+                    & (ys >= xyxy[:, 1, None, None])
+                    & (ys <= xyxy[:, 3, None, None])
+                )
+                if not len(xyxy):
+                    out.append(np.zeros((0, sum(int(m.shape[1]) for m in maps[b])), np.float32))
+                    continue
+                out.append(self._pool(maps[b], torch.from_numpy(masks)))
         return out
 
     def dim(self, maps: list[Tensor]) -> int:

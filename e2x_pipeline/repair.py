@@ -13,9 +13,10 @@
    the mean over the mode's features of the best similarity of a retrieved region of ``I``
    (0 when ``I`` was not retrieved). An image many of the mode's features agree on ranks high.
    The matching region is the region of ``I`` retrieved most often (ties: higher similarity).
-4. **Select.** The budget of ``budget`` images is split across modes in proportion to their size
-   (largest remainder) or evenly; each mode takes its best-scoring images not yet taken. Unused
-   quota goes to the modes with the best remaining scores.
+4. **Select.** The budget of ``budget`` images is split across modes (:func:`allocate`): in
+   proportion to their size (largest remainder), evenly, or with diminishing returns; each mode
+   takes its best-scoring images not yet taken. Unused quota goes to the modes with the best
+   remaining scores.
 
 Writes ``<split>/repair_set.parquet`` (:data:`REPAIR_COLUMNS`), every scored (mode, pool
 image) pair in ``repair_scores.parquet`` (to select again at another budget) and ``repair.json``
@@ -217,10 +218,29 @@ def match_modes(
     return pd.DataFrame(out, columns=cols)
 
 
+SATURATION_IMAGES = 3.0
+"""``tau`` of the diminishing allocation: on the benchmark, fine-tuning learns a cause from about
+three images that carry it, so a mode's next image is worth ``1/e`` of its first after three."""
+
+
 def allocate(sizes: dict[int, int], budget: int, allocation: str) -> dict[int, int]:
-    """Quota per mode: proportional to size (largest remainder) or even."""
+    """Quota per mode: proportional to size (largest remainder), even, or diminishing.
+
+    ``diminishing`` models the value of ``q`` images for a mode of ``n_m`` failures as
+    ``n_m (1 - exp(-q / tau))`` (a mode stops improving after a few images, ``tau`` =
+    :data:`SATURATION_IMAGES`) and hands out the budget one image at a time to the mode of the
+    largest marginal gain ``n_m exp(-q_m / tau)`` (ties: lower mode id). It is a round robin
+    weighted by size: a mode twice as large gets ``tau ln 2`` (about 2) images more, not twice as
+    many, so the small modes (often the FP ones) get their share.
+    """
     if not sizes:
         return {}
+    if allocation == "diminishing":
+        quota = dict.fromkeys(sizes, 0)
+        for _ in range(budget):
+            m = min(sizes, key=lambda m: (-sizes[m] * np.exp(-quota[m] / SATURATION_IMAGES), m))
+            quota[m] += 1
+        return quota
     weights = {m: (s if allocation == "proportional" else 1) for m, s in sizes.items()}
     total = sum(weights.values())
     raw = {m: budget * w / total for m, w in weights.items()}
