@@ -220,7 +220,7 @@ def _ltf_ratio(ltf: dict, other: str, cause: str, need: float) -> dict:
     """labels-to-fix of ``other`` over E2X's for one cause, with the target met or not."""
     mine, base = ltf["e2x"].get(cause), ltf[other].get(cause)
     if mine is None:  # E2X never fixed it: missed, whatever the other did
-        return {"e2x": None, other: base, "ratio": None, "met": False}
+        return {"e2x": None, other: base, "met": False}
     if base is None:  # only E2X fixed it: at least max/mine
         bound = ltf[other]["budget_max"] / mine if mine else float("inf")
         return {"e2x": mine, other: None, "ratio_at_least": bound, "met": bound >= need}
@@ -442,6 +442,8 @@ def _markdown(result: dict, summary: pd.DataFrame) -> str:
             f" | {s.planted_recall:.3f} | {s.distractor_fps_removed:.1f} | {s.map50:.3f} |"
         )
     lines += ["", "Targets at the 5% budget:", ""]
+    if not result["targets_at_5_percent"]:
+        lines.append("- (5% is not among the budgets)")
     for k, v in result["targets_at_5_percent"].items():
         met = {True: " (met)", False: " (MISSED)"}.get(v.get("met"), "")
         shown = ", ".join(
