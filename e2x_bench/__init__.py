@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "scale": "e2x_bench.scale:bench_scale",
     "realsize": "e2x_bench.realsize:bench_realsize",
     "similarity": "e2x_bench.similarity:bench_similarity",
+    "reference": "e2x_bench.reference:bench_reference",
 }
 
 

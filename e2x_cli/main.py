@@ -56,6 +56,9 @@ BENCH_HELP = {
     "repair": "retrain with the E2X repair set against random, least-confidence, whole-image "
     "similarity, patch-similarity and core-set selection at budgets of 2, 5 and 10%% of the pool "
     "(--budgets), 3 seeds each (--seeds); labels-to-fix per planted cause",
+    "reference": "E2X with each explain.reference (mean, zeros, blur) on the eval split's "
+    "failures: failing features on each planted cause, pointing hit, counterfactual success, "
+    "ARI and precision@10 of the failure modes; the first reference twice (determinism)",
     "scale": "explain-stage wall time on 1 against 2 Dask workers (LocalCluster, one thread "
     "each) in one run (target speedup >= 1.7x)",
     "similarity": "query time of the repair stage's NearestNeighbors against the FiftyOne Brain "
