@@ -300,7 +300,7 @@ def bench_repair(
     cfg: E2XConfig,
     out_dir: Path,
     progress: bool = True,
-    budgets: tuple[float, ...] = (0.02, 0.05, 0.10),
+    budgets: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.20),
     seeds: tuple[int, ...] = (0, 1, 2),
 ) -> dict:
     """Every strategy of :data:`.selection.STRATEGIES` at every budget and seed (module doc)."""

@@ -54,8 +54,8 @@ BENCH_HELP = {
     "classes) at its own 800 px input size, per method",
     "mine": "mining cost against plain batched inference on the same images (target <= 1.1x)",
     "repair": "retrain with the E2X repair set against random, least-confidence, whole-image "
-    "similarity, patch-similarity and core-set selection at budgets of 2, 5 and 10%% of the pool "
-    "(--budgets), 3 seeds each (--seeds); labels-to-fix per planted cause",
+    "similarity, patch-similarity and core-set selection at budgets of 1, 2, 5, 10 and 20%% of "
+    "the pool (--budgets), 3 seeds each (--seeds); labels-to-fix per planted cause",
     "reference": "E2X with each explain.reference (mean, zeros, blur) on the eval split's "
     "failures: failing features on each planted cause, pointing hit, counterfactual success, "
     "ARI and precision@10 of the failure modes; the first reference twice (determinism)",
@@ -74,8 +74,8 @@ BENCH_FLAGS: dict[str, tuple[Flags, ...]] = {
             type=float,
             nargs="+",
             metavar="SHARE",
-            help="budgets as shares of the pool (default: 0.02 0.05 0.1); each adds one "
-            "fine-tuning per strategy and seed (about 40 s each on 2 CPU cores)",
+            help="budgets as shares of the pool (default: 0.01 0.02 0.05 0.1 0.2); each adds one "
+            "fine-tuning per strategy and seed (10-20 s each on 2 CPU cores)",
         ),
         flag("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0 1 2)"),
     ),
