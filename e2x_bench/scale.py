@@ -6,7 +6,15 @@ worker count, on a LocalCluster of N single-threaded worker processes with
 ``torch.set_num_threads(1)`` in every task, 4 chunks per worker. The time measured is the explain
 stage's wall time from the first submitted chunk to the merged table (the cluster's start-up and
 the overlays are left out and reported apart). Both runs must give the same table.
-Target (issue 8): speedup >= 1.7x with 2 workers. Results: ``reports/bench/scale.{json,md}``.
+Target (issue 8): speedup >= 1.7x with 2 workers.
+
+**Linear cost.** E2X's cost is ``K`` batched forward+backward passes per image, so the explain
+stage's time should be ``t = a + b * n * K`` for ``n`` candidates at ``K`` integration steps. The
+bench explains the first ``n`` failures in-process at the points of :data:`LINEAR_POINTS`
+(``n`` and ``K`` each varied with the other held), fits ``a`` and ``b`` by least squares
+(:func:`fit_linear_cost`) and reports the slope, ``R^2`` and each point's relative residual.
+
+Results: ``reports/bench/scale.{json,md}``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,51 @@ from e2x_pipeline.config import E2XConfig
 
 WORKERS = (1, 2)
 TARGET = 1.7
+# (candidates, K): n varied at K = 32, K varied at n = 32
+LINEAR_POINTS = ((8, 32), (16, 32), (32, 32), (32, 8), (32, 16))
+
+
+def fit_linear_cost(points: list[tuple[int, int, float]]) -> dict:
+    """Least-squares fit of ``t = a + b * n * K`` to ``(n, K, seconds)`` points.
+
+    Returns ``a`` (s), ``b`` (ms per candidate x step), ``R^2 = 1 - SS_res / SS_tot`` and the
+    relative residual ``(t - t_fit) / t`` of each point.
+    """
+    x = np.array([n * k for n, k, _ in points], dtype=np.float64)
+    t = np.array([s for _, _, s in points], dtype=np.float64)
+    b, a = np.polyfit(x, t, 1)
+    fit = a + b * x
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    r2 = 1.0 - float(((t - fit) ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    return {
+        "intercept_s": round(float(a), 3),
+        "ms_per_candidate_step": round(1000 * float(b), 4),
+        "r2": round(r2, 4),
+        "relative_residuals": [round(float(r), 3) for r in (t - fit) / t],
+    }
+
+
+def _linear_cost(cfg: E2XConfig, split: str, source: Path, det, work: Path) -> dict:
+    """Explain the first n failures at K steps, in-process, at each of :data:`LINEAR_POINTS`."""
+    from e2x_pipeline import stages
+
+    points = []
+    for n, k in LINEAR_POINTS:
+        run_cfg = cfg.model_copy(
+            update={
+                "output_dir": work / f"linear-{n}-{k}",
+                "explain": cfg.explain.model_copy(
+                    update={"k": k, "max_candidates": n, "methods": ["e2x"]}
+                ),
+            }
+        )
+        layout = run_cfg.split_layout(split)
+        layout.root.mkdir(parents=True)
+        shutil.copy(source, layout.candidates)
+        t0 = time.perf_counter()
+        stages.explain_stage(run_cfg, det, split, progress=False)
+        points.append((n, k, round(time.perf_counter() - t0, 3)))
+    return {"points": [list(p) for p in points], **fit_linear_cost(points)}
 
 
 def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -69,7 +122,7 @@ def _one_run(
 
 
 def _markdown(cfg: E2XConfig, result: dict) -> str:
-    runs, speedup = result["runs"], result["speedup"]
+    runs, speedup, lin = result["runs"], result["speedup"], result["linear_cost"]
     rows = "\n".join(
         f"| {r['workers']} | {r['explain_seconds']:.1f} | {r['total_seconds']:.1f} | "
         f"{r['chunks']} | {r['chunk_seconds_sum']:.1f} | {r['speedup']:.2f} | "
@@ -90,7 +143,16 @@ def _markdown(cfg: E2XConfig, result: dict) -> str:
         "scheduler), and the speedup measures the machine's free cores more than the code.\n\n"
         f"Speedup with {runs[-1]['workers']} workers: **{speedup:.2f}x** (target >= {TARGET}: "
         f"{'met' if speedup >= TARGET else 'MISSED'}). Same table from every run: "
-        f"{result['same_table']}."
+        f"{result['same_table']}.\n\n"
+        "Linear cost (E2X in-process, the first n failures at K steps, "
+        "t = a + b n K by least squares):\n\n"
+        "| n | K | n K | s | relative residual |\n|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {n} | {k} | {n * k} | {t:.2f} | {r:+.3f} |"
+            for (n, k, t), r in zip(lin["points"], lin["relative_residuals"], strict=True)
+        )
+        + f"\n\nSlope {lin['ms_per_candidate_step']:.2f} ms per candidate x step, intercept "
+        f"{lin['intercept_s']:.2f} s, R^2 {lin['r2']:.4f}."
     )
 
 
@@ -115,6 +177,7 @@ def bench_scale(
             tables.append(table)
             if progress:
                 print(f"{n} worker(s): {record['explain_seconds']:.1f} s", flush=True)
+        linear = _linear_cost(cfg, split, source, stages.detector_for(cfg, ckpt), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = runs[0]["explain_seconds"]
@@ -133,6 +196,7 @@ def bench_scale(
         "target": f">= {TARGET}",
         "target_met": speedup >= TARGET,
         "same_table": all(_same_rows(tables[0], t) for t in tables[1:]),
+        "linear_cost": linear,
     }
     write_bench(out_dir, "scale", result_d, _markdown(cfg, result_d))
     return result_d
