@@ -119,6 +119,8 @@ def select_similar_patches(
     ``failure_boxes`` holds ``(image path, xyxy box)`` per explained failure. A pool image with
     no detection at ``min_score`` has no patch and comes last.
     """
+    if not failure_boxes:
+        raise ValueError("patch similarity needs the box of at least one explained failure")
     embedder = RegionEmbedder(detector)
     by_image: dict[str, list[Sequence[float]]] = {}
     for path, box in failure_boxes:
@@ -130,7 +132,7 @@ def select_similar_patches(
     index = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute")
     index.fit(np.concatenate(queries))
     dets = detect_dataset(detector, pool, min_score, progress=False)
-    sim = dict.fromkeys(pool.image_ids, -np.inf)
+    patches, owners = [], []
     for ids, images in iter_image_batches(pool, embedder.batch_size):
         boxes = []
         for i in ids:
@@ -138,8 +140,12 @@ def select_similar_patches(
             keep = torch.argsort(d.scores, descending=True)[:max_patches] if d else []
             boxes.append(d.boxes[keep].numpy() if d else np.zeros((0, 4)))
         for i, emb in zip(ids, embedder.embed_boxes(images, boxes), strict=True):
-            if len(emb):
-                sim[i] = float(1.0 - index.kneighbors(emb)[0].min())
+            patches.append(emb)
+            owners += [i] * len(emb)
+    sim = dict.fromkeys(pool.image_ids, -np.inf)
+    if owners:  # one search for all patches; an image scores its best patch
+        best = 1.0 - index.kneighbors(np.concatenate(patches))[0][:, 0]
+        sim.update(pd.Series(best).groupby(np.asarray(owners)).max().to_dict())
     order = sorted(pool.image_ids, key=lambda i: (-sim[i], i))
     return _names(pool, order[:budget])
 
