@@ -36,8 +36,9 @@ import pandas as pd
 
 from e2x_pipeline.config import E2XConfig
 
+from .repair import FN_CAUSES
+
 REFERENCES = ("mean", "zeros", "blur")
-FN_CAUSES = ("occluder", "camouflage")
 FP_CAUSES = ("distractor",)
 
 
