@@ -170,6 +170,43 @@ def test_seed_determinism(image):
     assert not np.allclose(a[0].values, c[0].values)
 
 
+@pytest.mark.parametrize("levels", ["permuted_linspace", "permuted_midpoint", "sobol"])
+def test_e2x_levels_stratified_and_seeded(levels):
+    from e2x_pipeline.explain.e2x import LEVELS
+
+    k, m = 16, 50
+    w = LEVELS[levels](m, k, torch.Generator().manual_seed(4), torch.device("cpu"))
+    assert w.shape == (k, m) and float(w.min()) >= 0.0 and float(w.max()) <= 1.0
+    if levels == "permuted_linspace":  # each level of linspace(0, 1, K) once per superpixel
+        expect = torch.linspace(0, 1, k).unsqueeze(1).expand(k, m)
+        torch.testing.assert_close(w.sort(dim=0).values, expect)
+    else:  # one level in each of the K strata [j/K, (j+1)/K) per superpixel
+        strata = (w * k).floor().long().sort(dim=0).values
+        assert (strata == torch.arange(k).unsqueeze(1)).all()
+    np.testing.assert_allclose(w.mean(0).numpy(), 0.5, atol=0.5 / k + 1e-6)
+    again = LEVELS[levels](m, k, torch.Generator().manual_seed(4), torch.device("cpu"))
+    other = LEVELS[levels](m, k, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert torch.equal(w, again) and not torch.equal(w, other)
+    assert not torch.equal(w[:, 0], w[:, 1])  # superpixels do not share one order
+
+
+def test_e2x_shared_forward_same_values(image):
+    det = SmoothConvDetector(BOXES)
+    seg = slic_segments(image, 30, 10.0)
+    for levels in ("permuted_linspace", "sobol"):
+        cfg = ExplainConfig(n_segments=30, k=8, reference="blur", batch_size=5)
+        runs = [
+            get_explainer("e2x", det, cfg, seed=3, levels=levels, share_forward=share).explain(
+                image, targets(), segments=seg
+            )
+            for share in (True, False)
+        ]
+        for a, b in zip(*runs, strict=True):
+            scale = np.abs(b.values).max()
+            assert scale > 0 and a.passes == b.passes == 8
+            np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-5 * scale)
+
+
 # 4. Oracle: Captum's IntegratedGradients ------------------------------------------------------
 
 

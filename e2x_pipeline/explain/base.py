@@ -115,6 +115,7 @@ def path_gradients(
     make_inputs: Callable[[Tensor], Tensor],
     step_weights: Tensor,
     batch_size: int,
+    share_forward: bool = False,
 ) -> tuple[Tensor, Tensor, int]:
     """G[t] = sum_k c_k * d f_t(u_k) / d u_k for every target t, batched over (t, k).
 
@@ -122,8 +123,17 @@ def path_gradients(
     sample indices. Each chunk of ``batch_size`` inputs gets ONE backward of
     sum_i f_{t(i)}(u_i): copy i carries only its own target's score, and since the copies are
     independent its gradient is d f_{t(i)} / d u_i. Returns (G ``[T, 3, H, W]``, non-finite sample
-    count per target ``[T]``, passes).
+    count per target ``[T]``, passes = T x K gradient evaluations).
+
+    ``share_forward``: the path u_k is the same for every target (E2X and IG sample it once per
+    image), so each chunk of ``batch_size`` samples is run forward once for all T targets and
+    backpropagated T times (``retain_graph``): K forwards and T x K backwards instead of T x K of
+    each. The values are the same as without sharing.
     """
+    if share_forward and len(targets) > 1:
+        return _shared_path_gradients(
+            detector, targets, output, make_inputs, step_weights, batch_size
+        )
     n_targets, k = len(targets), int(step_weights.numel())
     device = step_weights.device
     total = n_targets * k
@@ -137,19 +147,52 @@ def path_gradients(
         u = make_inputs(k_idx).detach().requires_grad_(True)
         out = detector.target_outputs(u, targets[t_lo : t_hi + 1], output)
         sel = out.gather(1, (t_idx - t_lo).unsqueeze(1)).squeeze(1)
-        if sel.requires_grad:
-            (g,) = torch.autograd.grad(sel.sum(), u)
-        else:  # an output that does not depend on the input has zero gradient
-            g = torch.zeros_like(u)
-        finite = torch.isfinite(sel) & torch.isfinite(g).flatten(1).all(1)
+        g, finite = _input_gradient(sel, u, retain=False)
         bad.index_add_(0, t_idx, (~finite).long())
-        g = torch.where(finite.view(-1, 1, 1, 1), g, torch.zeros_like(g))
         g = g * step_weights[k_idx].view(-1, 1, 1, 1)
         if grad is None:
             grad = torch.zeros((n_targets, *g.shape[1:]), dtype=g.dtype, device=device)
         grad.index_add_(0, t_idx, g)
     assert grad is not None
     return grad, bad, total
+
+
+def _input_gradient(sel: Tensor, u: Tensor, retain: bool) -> tuple[Tensor, Tensor]:
+    """d sum(sel) / d u with non-finite samples zeroed, and which samples were finite."""
+    if sel.requires_grad:
+        (g,) = torch.autograd.grad(sel.sum(), u, retain_graph=retain)
+    else:  # an output that does not depend on the input has zero gradient
+        g = torch.zeros_like(u)
+    finite = torch.isfinite(sel) & torch.isfinite(g).flatten(1).all(1)
+    return torch.where(finite.view(-1, 1, 1, 1), g, torch.zeros_like(g)), finite
+
+
+def _shared_path_gradients(
+    detector: Detector,
+    targets: list[Target],
+    output: TargetOutput,
+    make_inputs: Callable[[Tensor], Tensor],
+    step_weights: Tensor,
+    batch_size: int,
+) -> tuple[Tensor, Tensor, int]:
+    """:func:`path_gradients` with one forward per chunk of samples for all targets."""
+    n_targets, k = len(targets), int(step_weights.numel())
+    device = step_weights.device
+    grad: Tensor | None = None
+    bad = torch.zeros(n_targets, dtype=torch.long, device=device)
+    for k0 in range(0, k, batch_size):
+        k_idx = torch.arange(k0, min(k, k0 + batch_size), device=device)
+        u = make_inputs(k_idx).detach().requires_grad_(True)
+        out = detector.target_outputs(u, targets, output)  # [B, T]
+        step = step_weights[k_idx].view(-1, 1, 1, 1)
+        for t in range(n_targets):
+            g, finite = _input_gradient(out[:, t], u, retain=t < n_targets - 1)
+            bad[t] += int((~finite).sum())
+            if grad is None:
+                grad = torch.zeros((n_targets, *g.shape[1:]), dtype=g.dtype, device=device)
+            grad[t] += (g * step).sum(0)
+    assert grad is not None
+    return grad, bad, n_targets * k
 
 
 class NoOptions(BaseModel):

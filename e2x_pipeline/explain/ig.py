@@ -95,7 +95,7 @@ class IGExplainer(Explainer):
             return reference + alphas[k_idx].view(-1, 1, 1, 1) * delta
 
         grad, bad, passes = path_gradients(
-            self.detector, targets, output, inputs, step, self.cfg.batch_size
+            self.detector, targets, output, inputs, step, self.cfg.batch_size, share_forward=True
         )
         pixel = (delta * grad).sum(dim=1)
         values = superpixel_aggregate(pixel, segments, n_segments, self.cfg.aggregate)
