@@ -406,9 +406,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = config(args)
     fn = get_bench(args.bench_name)
     extra: dict = {"full": True} if getattr(args, "full", False) else {}
-    for key in ("budgets", "seeds"):
+    for key in ("budgets", "seeds", "batch_sizes"):
         if getattr(args, key, None):
             extra[key] = tuple(getattr(args, key))
+    for key in ("arch", "min_size", "amp", "channels_last"):
+        if getattr(args, key, None) is not None:
+            extra[key] = getattr(args, key)
+    if getattr(args, "tiny", False):
+        extra["tiny"] = True
     result = fn(cfg, args.out, progress=not args.no_progress, **extra)
     print(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, indent=2, default=str))
     print(f"results written to {args.out}/{args.bench_name}.json and .md")

@@ -79,6 +79,25 @@ BENCH_FLAGS: dict[str, tuple[Flags, ...]] = {
         ),
         flag("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0 1 2)"),
     ),
+    "realsize": (
+        flag("--arch", help="torchvision detector (default: fasterrcnn_mobilenet_v3_large_fpn)"),
+        flag("--min-size", type=int, metavar="PX", help="the model's input size (default: 800)"),
+        flag(
+            "--batch-sizes",
+            type=int,
+            nargs="+",
+            metavar="B",
+            help="batch sizes to sweep (default: 1 2 4 8); the fastest per input is used",
+        ),
+        flag("--amp", action="store_true", default=None, help="bfloat16 autocast (checked)"),
+        flag(
+            "--channels-last",
+            action="store_true",
+            default=None,
+            help="convert the model to torch.channels_last",
+        ),
+        flag("--tiny", action="store_true", help="CI smoke size: 128 px, one image, K=2 and 4"),
+    ),
     "explain": (
         flag(
             "--full",
