@@ -14,6 +14,10 @@ $(VENV)/.e2x-installed: pyproject.toml
 	# tidecv: the oracle of tests/test_tide.py. --no-deps because it requires opencv-python,
 	# which would replace FiftyOne's opencv-python-headless; 1.0.1 is its last release (2021)
 	$(BIN)/pip install --disable-pip-version-check --no-deps -q tidecv==1.0.1
+	# vision-explanation-methods: Microsoft's D-RISE, compared by e2x_bench/explain/msdrise.py.
+	# --no-deps because it pins matplotlib<3.7 and requires ml-wrappers, which only its
+	# DRISE_runner needs (its explanations.drise needs torch, torchvision, pandas, PIL, tqdm)
+	$(BIN)/pip install --disable-pip-version-check --no-deps -q vision-explanation-methods==0.1.1
 	$(BIN)/python -m e2x_pipeline.check_install
 	touch $@
 

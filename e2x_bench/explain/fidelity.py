@@ -101,6 +101,12 @@ def _add_rows(
     aucs = perturbation_aucs(
         ctx.det, image, stack, targets, mcfg, mean=ctx.mean, steps=ctx.size.steps
     )
+    # the same deletion with removed pixels set to the dataset mean, E2X's default reference
+    # (RISE's zeros favour methods whose reference is black: issue 19 (b))
+    mean_fill = mcfg.model_copy(update={"deletion_baseline": "mean"})
+    aucs_mean = perturbation_aucs(
+        ctx.det, image, stack, targets, mean_fill, mean=ctx.mean, steps=ctx.size.steps
+    )
     cf = counterfactual_check(
         ctx.det,
         image,
@@ -145,6 +151,7 @@ def _add_rows(
                 "pointing_hit": pm["pointing_hit"],
                 "energy": pm["energy"],
                 **aucs[i],
+                "deletion_auc_mean_fill": aucs_mean[i]["deletion_auc"],
                 **cf[i],
             }
         )

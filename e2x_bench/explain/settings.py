@@ -7,6 +7,8 @@ from typing import Any
 
 from e2x_pipeline.config import E2XConfig
 
+from .msdrise import available as msdrise_available
+
 
 @dataclass(frozen=True)
 class BenchSize:
@@ -74,6 +76,29 @@ def method_settings(size: BenchSize) -> list[Setting]:
     out.append(Setting("odam relu", "odam", "ODAM"))
     out.append(Setting("odam signed", "odam", "ODAM", options={"relu": False}))
     out.append(Setting("odsmoothgrad n=20", "odsmoothgrad", "ODSmoothGrad"))
+    # E2X's speed and reference variants (issue 19 (a), (b)): fewer, better-spread levels; the
+    # zero (black) reference that the deletion metric removes pixels to; no shared forwards
+    for k, levels in (
+        (4, "permuted_linspace"),
+        (4, "sobol"),
+        (8, "sobol"),
+        (8, "permuted_midpoint"),
+    ):
+        label = f"e2x K={k}" + ("" if levels == "permuted_linspace" else f" {levels}")
+        opts = {} if levels == "permuted_linspace" else {"levels": levels}
+        out.append(Setting(label, "e2x", "E2X", {"k": k}, opts, superpixels=True))
+    out.append(
+        Setting(
+            "e2x K=16 ref=zeros", "e2x", "E2X", {"k": 16, "reference": "zeros"}, superpixels=True
+        )
+    )
+    out.append(
+        Setting(
+            "e2x K=16 unshared", "e2x", "E2X", {"k": 16}, {"share_forward": False}, superpixels=True
+        )
+    )
+    if msdrise_available():  # Microsoft's D-RISE, the real peer (installed by make setup)
+        out.append(Setting("msdrise N=1000", "msdrise", "D-RISE", {"drise_masks": 1000}))
     return out
 
 
@@ -128,7 +153,7 @@ WARM_UP = (
     Setting("w", "drise", "", {"drise_masks": 16}),
     Setting("w", "odam", ""),
     Setting("w", "odsmoothgrad", "", options={"n_samples": 2}),
-)
+) + ((Setting("w", "msdrise", "", {"drise_masks": 16}),) if msdrise_available() else ())
 
 
 def unique_settings(settings: Any) -> list[Setting]:

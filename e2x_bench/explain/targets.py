@@ -1,7 +1,8 @@
 """The issue's targets, each with its measured value and, when missed, why.
 
 1. E2X >= 20x faster than LIME at equal or higher rho against the LIME reference;
-2. E2X >= 100x faster than D-RISE N=5000 at equal or lower deletion AUC;
+2. E2X >= 100x faster than D-RISE N=5000 at equal or lower deletion AUC, with RISE's zero fill
+   and again with the mean fill that matches E2X's reference;
 3. the detector's forward / backward >= 85% of E2X K=32's wall time (SLIC included);
 4. the planted-cause pointing-game hit rate of E2X K=32 >= 90%;
 5. E2X K=32's mean |rho| after full randomisation < 0.2.
@@ -115,6 +116,35 @@ def _vs_drise(e2x: list[Entry], dr: Entry | None, ratios: dict, met: dict, notes
     )
 
 
+def _vs_drise_matched_fill(
+    e2x: list[Entry], dr: Entry | None, ratios: dict, met: dict, notes: dict
+) -> None:
+    """Target 2 again with a deletion that matches E2X's reference: removed pixels take the
+    dataset mean (E2X's default reference) instead of RISE's zeros."""
+    if dr is None or dr.get("deletion_auc_mean_fill") is None:
+        return
+    key = "E2X >= 100x faster than D-RISE N=5000 at <= deletion AUC, mean fill"
+    col = "deletion_auc_mean_fill"
+    ok = [e for e in e2x if e[col] is not None and e[col] <= dr[col]]
+    ratios["e2x_vs_drise5000_mean_fill"] = {e["setting"]: e[col] for e in e2x} | {
+        "drise N=5000": dr[col]
+    }
+    if not ok:
+        best = min((e for e in e2x if e[col] is not None), key=lambda e: e[col])
+        met[key] = False
+        notes[key] = (
+            f"no E2X setting reaches D-RISE N=5000's mean-fill deletion AUC {dr[col]} "
+            f"(best E2X {best['setting']}: {best[col]}, {_speed(best) / _speed(dr):.1f}x faster)"
+        )
+        return
+    best = max(ok, key=_speed)
+    r = _speed(best) / _speed(dr)
+    met[key] = r >= 100
+    notes[key] = (
+        f"{best['setting']} mean-fill deletion AUC {best[col]} <= D-RISE {dr[col]}: {r:.1f}x"
+    )
+
+
 def _cause_note(e32: Entry, all_cause: dict[str, Any] | None, rate: Any) -> str:
     if not all_cause:
         return f"e2x K=32: {rate} on the fixed set's {e32['cause_failures']} cause failures"
@@ -155,6 +185,7 @@ def issue_targets(
     notes: dict[str, str] = {}
     _vs_lime(e2x, lime, ratios, met, notes)
     _vs_drise(e2x, by.get("drise N=5000"), ratios, met, notes)
+    _vs_drise_matched_fill(e2x, by.get("drise N=5000"), ratios, met, notes)
     key = "forward/backward >= 85% of E2X wall time"
     e32 = by["e2x K=32"]
     ratios["e2x_model_fraction"] = {e["setting"]: e.get("model_fraction") for e in e2x}

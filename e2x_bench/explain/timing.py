@@ -137,7 +137,9 @@ def run_setting(
     t0 = time.perf_counter()
     if s.segments is not None:
         segments = slic_segments(image, s.segments, cfg.compactness)
-    if s.pda_stride_mult is None:
+    if s.method == "msdrise":
+        exps = _msdrise(s, detector, cfg, image, targets, segments, seed + s.seed_offset)
+    elif s.pda_stride_mult is None:
         ex = get_explainer(s.method, detector, cfg, seed + s.seed_offset, mean=mean, **s.options)
         exps = ex.explain(image, targets, segments=segments)
     else:  # PDA: stride relative to each target's window; targets sharing a window share work
@@ -152,3 +154,47 @@ def run_setting(
                 by_index[i] = e
         exps = [by_index[i] for i in range(len(targets))]
     return Run(exps, time.perf_counter() - t0, segments)
+
+
+def _msdrise(
+    s: Setting,
+    detector: Detector,
+    cfg: ExplainConfig,
+    image: Tensor,
+    targets: list[Target],
+    segments: np.ndarray,
+    seed: int,
+) -> list[Explanation]:
+    """Microsoft's D-RISE (``vision-explanation-methods``) as explanations on our superpixels:
+    its pixel maps, and per superpixel their mean (as the pointing game and counterfactual read
+    every method's values)."""
+    from e2x_pipeline.explain.superpixels import superpixel_aggregate
+
+    from .msdrise import explain_msdrise
+
+    t0 = time.perf_counter()
+    n_masks = int(s.cfg["drise_masks"])
+    maps = explain_msdrise(detector, image, targets, n_masks, seed, min(cfg.batch_size, 64))
+    seconds = (time.perf_counter() - t0) / max(len(targets), 1)
+    seg = np.asarray(segments)
+    m = int(seg.max()) + 1
+    stack = torch.as_tensor(np.stack(maps), dtype=torch.float64)
+    values = superpixel_aggregate(stack, torch.as_tensor(seg, dtype=torch.long), m, "mean")
+    return [
+        Explanation(
+            target=t,
+            method="msdrise",
+            output="score",
+            segments=seg,
+            values=v.numpy(),
+            pixel_map=pm,
+            params={"masks": n_masks, "grid": 16, "package": "vision-explanation-methods 0.1.1"},
+            seed=seed,
+            seconds=seconds,
+            passes=float(n_masks) / len(targets),  # the package's masks serve every target
+            valid=bool(np.isfinite(pm).all()),
+            reason="" if np.isfinite(pm).all() else "the target never matched (NaN map)",
+            shared_by=len(targets),
+        )
+        for t, v, pm in zip(targets, values, maps, strict=True)
+    ]
