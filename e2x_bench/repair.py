@@ -302,8 +302,10 @@ def bench_repair(
     progress: bool = True,
     budgets: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.20),
     seeds: tuple[int, ...] = (0, 1, 2),
+    strategies: tuple[str, ...] | None = None,
 ) -> dict:
-    """Every strategy of :data:`.selection.STRATEGIES` at every budget and seed (module doc)."""
+    """Every strategy of :data:`.selection.STRATEGIES` (or those of ``strategies``) at every
+    budget and seed (module doc)."""
     from .common import write_bench
 
     bad = [b for b in budgets if not 0 < b <= 1]
@@ -312,6 +314,12 @@ def bench_repair(
             f"bench repair: budgets are shares of the pool in (0, 1] and at least one seed is "
             f"needed; got budgets {list(budgets)} (bad: {bad}), seeds {list(seeds)}"
         )
+    unknown = sorted(set(strategies or ()) - set(STRATEGIES))
+    if unknown:
+        raise ValueError(
+            f"bench repair: unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}"
+        )
+    chosen = [s for s in STRATEGIES if strategies is None or s in strategies]
     t_start = time.perf_counter()
     det, _, layout = _prepare(cfg, progress)
     b = _bench(cfg, det)
@@ -320,7 +328,7 @@ def bench_repair(
     inputs.rank()
     selection_seconds = time.perf_counter() - t_sel
     runs = []
-    plan = [(share, s, seed) for share in budgets for s in STRATEGIES for seed in seeds]
+    plan = [(share, s, seed) for share in budgets for s in chosen for seed in seeds]
     for budget_share, strategy, seed in tqdm(plan, desc="bench repair", disable=not progress):
         n = max(1, round(budget_share * len(b.pool.images)))
         files = STRATEGIES[strategy](inputs, n, seed)
@@ -341,7 +349,7 @@ def bench_repair(
         "labels_to_fix_targets": labels_to_fix_targets(ltf),
         "map50_never_falls": {
             s: bool((summary[summary["strategy"] == s]["map50"] >= b.before["map50"]).all())
-            for s in STRATEGIES
+            for s in chosen
         },
         "selection_seconds_uncertainty_and_similarity": round(selection_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_start, 1),

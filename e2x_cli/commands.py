@@ -406,7 +406,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = config(args)
     fn = get_bench(args.bench_name)
     extra: dict = {"full": True} if getattr(args, "full", False) else {}
-    for key in ("budgets", "seeds", "batch_sizes"):
+    for key in ("budgets", "seeds", "batch_sizes", "strategies"):
         if getattr(args, key, None):
             extra[key] = tuple(getattr(args, key))
     for key in ("arch", "min_size", "amp", "channels_last"):

@@ -78,6 +78,12 @@ BENCH_FLAGS: dict[str, tuple[Flags, ...]] = {
             "fine-tuning per strategy and seed (10-20 s each on 2 CPU cores)",
         ),
         flag("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0 1 2)"),
+        flag(
+            "--strategies",
+            nargs="+",
+            metavar="NAME",
+            help="only these selection strategies (default: all of e2x_bench/selection.py)",
+        ),
     ),
     "realsize": (
         flag("--arch", help="torchvision detector (default: fasterrcnn_mobilenet_v3_large_fpn)"),

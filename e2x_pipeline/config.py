@@ -36,6 +36,11 @@ class BenchmarkConfig(_Section):
     n_val: int = Field(200, ge=10)
     n_test: int = Field(200, ge=10)
     n_pool: int = Field(600, ge=10)
+    variant: Literal["default", "hard"] = "default"
+    """``default``: each planted cause nearly the same every time (two or three examples repair
+    it). ``hard``: every cause instance varies (the occluder's texture, colour, angle and
+    coverage; the camouflage bricks' hue; the distractor's shape family), causes that need many
+    examples (``e2x_pipeline.data.benchmark``). Give it its own ``data.root``."""
 
 
 class SplitSpec(_Section):

@@ -39,15 +39,31 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
         "seed": b.seed,
         "image_size": b.image_size,
         "sizes": {"train": b.n_train, "val": b.n_val, "test": b.n_test, "pool": b.n_pool},
+        "variant": b.variant,
     }
     stamp = root / SUMMARY_FILE
     if stamp.is_file():
         have = json.loads(stamp.read_text())
         sizes = {k: v["images"] for k, v in have.get("splits", {}).items()}
-        key = (have.get("seed"), have.get("image_size"), have.get("version"), sizes)
-        if key == (want["seed"], want["image_size"], GENERATOR_VERSION, want["sizes"]):
+        # a default benchmark's summary has no "variant" (as before the variants existed)
+        key = (
+            have.get("seed"),
+            have.get("image_size"),
+            have.get("version"),
+            sizes,
+            have.get("variant", "default"),
+        )
+        if key == (
+            want["seed"],
+            want["image_size"],
+            GENERATOR_VERSION,
+            want["sizes"],
+            want["variant"],
+        ):
             return root
-    make_benchmark(root, seed=b.seed, image_size=b.image_size, sizes=want["sizes"])
+    make_benchmark(
+        root, seed=b.seed, image_size=b.image_size, sizes=want["sizes"], variant=b.variant
+    )
     return root
 
 

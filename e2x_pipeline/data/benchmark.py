@@ -19,10 +19,41 @@ A measured fact guides the design (shared/METHODS.md): a cause that is merely ra
 not fail a small SSD, and mild partial occlusion barely hurts. Changing the object's appearance, or
 adding look-alikes, does. So the causes are absent from train, and the occluder darkens most of
 the object.
+
+Variants (``make_benchmark(variant=...)``, config ``benchmark.variant``):
+
+* ``default`` -- the benchmark above. Each planted cause is nearly the same every time, so a
+  fine-tune on two or three images that carry it already fixes it, and repair strategies that
+  pick different images look alike.
+* ``hard`` -- causes that need many examples: every cause INSTANCE varies, so a detector has to
+  see many of them to learn the cause, and which images a repair picks matters.
+
+  - ``occluder``: a band of random texture (``hatch``, ``stripes`` at a random angle and period,
+    ``noise``, ``checker``, ``flat``), random colour and brightness (hue any, saturation 0-0.7,
+    value 0.05-0.95, kept at least 0.3 in RGB away from the object's base colour so it really
+    covers it), entering at any angle (0-360 degrees, not only from one side along an axis), from
+    the object's edge or as a strip through it (35%), covering 40-85% of the object's pixels.
+  - ``camouflage``: the brick patch is tinted: its hue is turned from the disk's by -20..20
+    degrees (near, half the patches) or 43..317 degrees (far), its saturation x0.6-1.15 and
+    value x0.7-1.15; the disk on it jitters by +-0.14 per channel (default +-0.08). All brick
+    patches are tinted the same way, those under squares and triangles in train too, so the
+    novelty is the disk on bricks, not the brick colour.
+  - ``distractor``: one of seven shape families in the disk's colours, none of them a disk:
+    ``ring`` (inner radius 0.4-0.55), ``thick_ring`` (0.2-0.35), ``thin_ring`` (0.65-0.78),
+    ``double_ring`` (two concentric rings), ``arc`` (a ring over 150-270 degrees), ``gap_ring``
+    (a ring missing a 25-70 degree wedge), ``crescent`` (a disk less an offset disk).
+
+  The cause regions in ``causes.json`` are recorded as in the default (the band's box, the brick
+  patch, the distractor's box); each hard record also carries ``"variant"``: the instance's
+  parameters (texture, angle, coverage and colour; brick hue offset and colours; shape family).
+  ``train`` stays cause-free. ``benchmark.json`` gains ``"variant": "hard"``; the default's files
+  are byte for byte those of the generator before the variant existed (the hard branches draw
+  their random numbers only when the variant is ``hard``).
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +70,20 @@ CLASSES = ("disk", "square", "triangle")
 CAUSES = ("occluder", "camouflage", "distractor")
 SPLITS = ("train", "val", "test", "pool")
 TEXTURES = ("noise", "stripes", "checker", "blobs")
+VARIANTS = ("default", "hard")
+"""``default``: each cause nearly the same every time; ``hard``: cause instances vary (above)."""
+OCCLUDER_TEXTURES = ("hatch", "stripes", "noise", "checker", "flat")
+"""The hard variant's occluder band textures."""
+DISTRACTOR_FAMILIES = (
+    "ring",
+    "thick_ring",
+    "thin_ring",
+    "double_ring",
+    "arc",
+    "gap_ring",
+    "crescent",
+)
+"""The hard variant's distractor shapes: disk-coloured, never a disk."""
 
 # The benchmark's files under its root (dataset inputs, not run tables: see ``layout.py``).
 IMAGES_DIR = "images"
@@ -108,6 +153,8 @@ class _Scene:
     annotations: list[dict] = field(default_factory=list)
     causes: list[dict] = field(default_factory=list)
     texture: str = ""
+    masks: list[np.ndarray] = field(default_factory=list)
+    """The pixel mask of each of ``annotations``, in the same order."""
 
 
 def _texture(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
@@ -134,13 +181,13 @@ def _texture(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 0.02, size=(h, w, 3)), 0, 1)
 
 
-def _bricks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _bricks(rng: np.random.Generator, h: int, w: int, base: np.ndarray = _BRICK) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     bh, bw = 8, 16
     row = yy // bh
     shifted = xx + (row % 2) * (bw // 2)
     mortar = (yy % bh == 0) | (shifted % bw == 0)
-    colour = np.clip(_BRICK + rng.uniform(-0.06, 0.06, size=3), 0, 1)
+    colour = np.clip(base + rng.uniform(-0.06, 0.06, size=3), 0, 1)
     brick_id = row * 97 + shifted // bw
     jitter = np.random.default_rng(int(rng.integers(1 << 30))).uniform(-0.07, 0.07, 4096)
     img = colour + jitter[brick_id % 4096][..., None]
@@ -205,8 +252,12 @@ def _xywh(box: tuple[int, int, int, int]) -> list[float]:
     return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
 
 
-def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
-    """Compose one image. ``split == 'train'`` never plants a cause."""
+def _make_scene(
+    rng: np.random.Generator, size: int, split: str, variant: str = "default"
+) -> _Scene:
+    """Compose one image. ``split == 'train'`` never plants a cause. The ``hard`` variant's
+    branches draw extra random numbers; the default's draws are those of generator 2."""
+    hard = variant == "hard"
     texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
     img = _texture(rng, texture, size, size)
     scene = _Scene(img, texture=texture)
@@ -227,7 +278,8 @@ def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
         ps = int(rng.integers(int(size * 0.38), int(size * 0.55)))
         px, py = (int(v) for v in rng.integers(0, size - ps, size=2))
         brick_patch = (px, py, px + ps, py + ps)
-        img[py : py + ps, px : px + ps] = _bricks(rng, ps, ps)
+        tint = _brick_tint(rng) if hard else None
+        img[py : py + ps, px : px + ps] = _bricks(rng, ps, ps, tint["base"] if tint else _BRICK)
         inner = (px + 2, py + 2, px + ps - 2, py + ps - 2)
         if "camouflage" in causes_here:
             cls_on_patch = "disk"
@@ -237,7 +289,14 @@ def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
         if box is not None:
             taken.append(box)
             cause = "camouflage" if cls_on_patch == "disk" else None
-            _add_object(rng, scene, cls_on_patch, box, cause, brick_patch)
+            jitter = 0.14 if hard and cause else 0.08
+            colour = _add_object(rng, scene, cls_on_patch, box, cause, brick_patch, jitter)
+            if tint is not None and cause is not None:
+                scene.causes[-1]["variant"] = {
+                    **tint["record"],
+                    "disk_colour": _floats(colour),
+                    "contrast": round(float(np.linalg.norm(colour - tint["base"])), 3),
+                }
 
     n_objects = int(rng.integers(1, 5)) - len(taken)
     for _ in range(max(n_objects, 0 if taken else 1)):
@@ -252,7 +311,11 @@ def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
         plain = [a for a in scene.annotations if a.get("cause") is None]
         if plain:
             victim = plain[int(rng.integers(len(plain)))]
-            _occlude(rng, scene, victim)
+            if hard:
+                mask = next(m for a, m in zip(scene.annotations, scene.masks) if a is victim)
+                _occlude_hard(rng, scene, victim, mask)
+            else:
+                _occlude(rng, scene, victim)
     if "distractor" in causes_here:
         for _ in range(int(rng.integers(1, 3))):
             box = _free_box(rng, size, taken, lo, hi)
@@ -260,10 +323,15 @@ def _make_scene(rng: np.random.Generator, size: int, split: str) -> _Scene:
                 continue
             taken.append(box)
             colour = np.clip(_BASE_COLOURS["disk"] + rng.uniform(-0.06, 0.06, 3), 0, 1)
-            _paint(scene.image, _shape_mask("ring", size, size, box), colour, rng)
-            scene.causes.append(
-                {"cause": "distractor", "annotation_id": None, "region_bbox": _xywh(box)}
-            )
+            if hard:
+                mask, params = _distractor_mask(rng, size, size, box)
+            else:
+                mask, params = _shape_mask("ring", size, size, box), None
+            _paint(scene.image, mask, colour, rng)
+            record = {"cause": "distractor", "annotation_id": None, "region_bbox": _xywh(box)}
+            if params is not None:
+                record["variant"] = {**params, "colour": _floats(colour)}
+            scene.causes.append(record)
     return scene
 
 
@@ -274,17 +342,21 @@ def _add_object(
     box: tuple[int, int, int, int],
     cause: str | None,
     region: tuple[int, int, int, int] | None,
-) -> None:
+    jitter: float = 0.08,
+) -> np.ndarray:
+    """Paint one object and record its annotation (and cause); returns its colour."""
     h, w = scene.image.shape[:2]
     mask = _shape_mask(cls, h, w, box)
-    colour = np.clip(_BASE_COLOURS[cls] + rng.uniform(-0.08, 0.08, 3), 0, 1)
+    colour = np.clip(_BASE_COLOURS[cls] + rng.uniform(-jitter, jitter, 3), 0, 1)
     _paint(scene.image, mask, colour, rng)
+    scene.masks.append(mask)
     ys, xs = np.nonzero(mask)
     tight = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     ann = {"category": cls, "bbox": _xywh(tight), "area": float(mask.sum()), "cause": cause}
     scene.annotations.append(ann)
     if cause is not None:
         scene.causes.append({"cause": cause, "annotation": ann, "region_bbox": _xywh(region)})
+    return colour
 
 
 def _occlude(rng: np.random.Generator, scene: _Scene, ann: dict) -> None:
@@ -314,20 +386,179 @@ def _occlude(rng: np.random.Generator, scene: _Scene, ann: dict) -> None:
     )
 
 
+def _floats(v: np.ndarray) -> list[float]:
+    """A colour for ``causes.json``: plain floats, 3 decimals."""
+    return [round(float(c), 3) for c in v]
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))))
+
+
+def _brick_tint(rng: np.random.Generator) -> dict:
+    """Hard variant: a brick colour turned in hue from the disk's, near (half) or far."""
+    near = bool(rng.random() < 0.5)
+    offset = rng.uniform(-20, 20) if near else rng.uniform(43, 317)  # degrees
+    h, s, v = colorsys.rgb_to_hsv(*_BRICK)
+    base = _hsv(h + offset / 360, s * rng.uniform(0.6, 1.15), v * rng.uniform(0.7, 1.15))
+    signed = (offset + 180) % 360 - 180
+    record = {
+        "near": near,
+        "hue_offset_deg": round(float(signed), 1),
+        "brick_colour": _floats(base),
+    }
+    return {"base": base, "record": record}
+
+
+def _band_texture(
+    rng: np.random.Generator, kind: str, colour: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """Hard variant: an occluder band's pixels, a ``kind`` pattern around ``colour``."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    contrast = rng.uniform(0.12, 0.35)
+    sign = 1.0 if colour.mean() < 0.5 else -1.0  # the pattern goes towards mid grey
+    if kind == "hatch":
+        per = int(rng.integers(4, 8))
+        lines = ((xx + yy) % per == 0) | ((xx - yy) % per == 0)
+        img = colour + sign * contrast * lines[..., None]
+    elif kind == "stripes":
+        phi = rng.uniform(0, np.pi)
+        period = rng.uniform(3, 10)
+        wave = 0.5 * (1 + np.sin(2 * np.pi * (xx * np.cos(phi) + yy * np.sin(phi)) / period))
+        img = colour + sign * contrast * wave[..., None]
+    elif kind == "noise":
+        img = colour + rng.normal(0, contrast / 2, size=(h, w, 3))
+    elif kind == "checker":
+        s = int(rng.integers(2, 6))
+        board = (xx // s + yy // s) % 2
+        img = colour + sign * contrast * board[..., None]
+    elif kind == "flat":
+        img = np.broadcast_to(colour, (h, w, 3))
+    else:
+        raise ValueError(f"unknown occluder texture {kind}")
+    return np.clip(img + rng.normal(0, 0.015, size=(h, w, 3)), 0, 1)
+
+
+def _occlude_hard(rng: np.random.Generator, scene: _Scene, ann: dict, mask: np.ndarray) -> None:
+    """Hard variant: a band of random texture and colour at a random angle, over 40-85% of the
+    object's pixels, from its edge or as a strip through it. ``angle_deg`` is the direction the
+    band comes from: 0 the left, 90 the top (image rows grow downwards)."""
+    h, w = scene.image.shape[:2]
+    x, y, bw, bh = ann["bbox"]
+    pad = 2
+    kind = OCCLUDER_TEXTURES[int(rng.integers(len(OCCLUDER_TEXTURES)))]
+    theta = rng.uniform(0, 2 * np.pi)
+    target = rng.uniform(0.4, 0.85)
+    through = bool(rng.random() < 0.35)
+    start = rng.uniform(0, 1 - target) if through else 0.0
+    base = _BASE_COLOURS[ann["category"]]
+    for _ in range(50):  # a colour that differs from the object's, so it covers it
+        colour = _hsv(rng.uniform(0, 1), rng.uniform(0, 0.7), rng.uniform(0.05, 0.95))
+        if np.linalg.norm(colour - base) > 0.3:
+            break
+    cos, sin = np.cos(theta), np.sin(theta)
+    ys, xs = np.nonzero(mask)
+    proj = (xs + 0.5) * cos + (ys + 0.5) * sin
+    lo, hi = np.quantile(proj, [start, start + target])
+    if not through:
+        lo = proj.min() - pad  # from the edge: the band starts outside the object
+    x0, y0 = max(int(x) - pad, 0), max(int(y) - pad, 0)
+    x1, y1 = min(int(np.ceil(x + bw)) + pad, w), min(int(np.ceil(y + bh)) + pad, h)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    p = (xx + 0.5) * cos + (yy + 0.5) * sin
+    band = (p >= lo) & (p <= hi)
+    patch = _band_texture(rng, kind, colour, y1 - y0, x1 - x0)
+    scene.image[y0:y1, x0:x1][band] = patch[band]
+    by, bx = np.nonzero(band)
+    region = (
+        x0 + int(bx.min()),
+        y0 + int(by.min()),
+        x0 + int(bx.max()) + 1,
+        y0 + int(by.max()) + 1,
+    )
+    covered = band[ys - y0, xs - x0].mean()
+    ann["cause"] = "occluder"
+    scene.causes.append(
+        {
+            "cause": "occluder",
+            "annotation": ann,
+            "region_bbox": _xywh(region),
+            "variant": {
+                "texture": kind,
+                "angle_deg": round(float(np.degrees(theta)), 1),
+                "through": through,
+                "coverage": round(float(covered), 3),
+                "colour": _floats(colour),
+            },
+        }
+    )
+
+
+def _distractor_mask(
+    rng: np.random.Generator, h: int, w: int, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, dict]:
+    """Hard variant: a distractor shape of a random family in ``box``, and its parameters."""
+    family = DISTRACTOR_FAMILIES[int(rng.integers(len(DISTRACTOR_FAMILIES)))]
+    x0, y0, x1, y1 = box
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    nx, ny = (xx - cx) / rx, (yy - cy) / ry
+    r = np.hypot(nx, ny)
+    ang = np.degrees(np.arctan2(ny, nx)) % 360
+    params: dict = {"family": family}
+    inner = {
+        "ring": (0.4, 0.55),
+        "thick_ring": (0.2, 0.35),
+        "thin_ring": (0.65, 0.78),
+        "arc": (0.4, 0.6),
+        "gap_ring": (0.4, 0.6),
+    }
+    if family in inner:
+        params["inner"] = round(float(rng.uniform(*inner[family])), 3)
+        mask = (r <= 1) & (r >= params["inner"])
+        if family in ("arc", "gap_ring"):
+            span = rng.uniform(150, 270) if family == "arc" else 360 - rng.uniform(25, 70)
+            start = rng.uniform(0, 360)
+            mask &= (ang - start) % 360 <= span
+            params.update(span_deg=round(float(span), 1), start_deg=round(float(start), 1))
+    elif family == "double_ring":
+        outer_in = rng.uniform(0.72, 0.8)
+        a, b = rng.uniform(0.3, 0.38), rng.uniform(0.5, 0.58)
+        mask = ((r <= 1) & (r >= outer_in)) | ((r >= a) & (r <= b))
+        params.update(
+            inner=round(float(outer_in), 3), second=[round(float(a), 3), round(float(b), 3)]
+        )
+    else:  # crescent: the disk less a disk shifted by d (d + radius > 1, so it cuts the edge)
+        d, rin, phi = rng.uniform(0.35, 0.6), rng.uniform(0.75, 0.95), rng.uniform(0, 2 * np.pi)
+        bite = np.hypot(nx - d * np.cos(phi), ny - d * np.sin(phi)) <= rin
+        mask = (r <= 1) & ~bite
+        params.update(
+            offset=round(float(d), 3),
+            bite_radius=round(float(rin), 3),
+            facing_deg=round(float(np.degrees(phi)), 1),
+        )
+    return mask, params
+
+
 def make_benchmark(
     out_dir: str | Path,
     seed: int = 0,
     image_size: int = 128,
     sizes: dict[str, int] | None = None,
+    variant: str = "default",
 ) -> dict:
     """Generate the benchmark under ``out_dir``; deterministic in ``seed``. Returns a summary.
 
     ``out_dir`` must be missing, empty or the generator's own (:func:`claim_folder`).
+    ``variant`` is one of :data:`VARIANTS` (module docstring); the summary names it unless it is
+    ``default``, so a default benchmark's ``benchmark.json`` is that of generator 2.
 
     Layout: ``images/<split>/<split>_NNNNN.png``, ``annotations/{train,val,test}.json`` (COCO),
     ``annotations/pool.json`` (images only), ``annotations/pool_labels.json`` (hidden labels),
     ``causes.json`` (one record per planted cause, keyed by split, image id and annotation id).
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown benchmark variant {variant!r}; choose one of {VARIANTS}")
     out = Path(out_dir)
     claim_folder(out)
     sizes = sizes or {"train": 900, "val": 200, "test": 200, "pool": 600}
@@ -340,14 +571,19 @@ def make_benchmark(
         "version": GENERATOR_VERSION,
         "splits": {},
     }
+    if variant != "default":
+        summary["variant"] = variant
     for split_i, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_i])
         images, annotations, causes, counts = _make_split(
-            out, rng, split, sizes[split], image_size, cat_id
+            out, rng, split, sizes[split], image_size, cat_id, variant
         )
         all_causes.extend(causes)
+        info = {"description": f"E2X planted-failure benchmark, split {split}", "seed": seed}
+        if variant != "default":
+            info["variant"] = variant
         coco = {
-            "info": {"description": f"E2X planted-failure benchmark, split {split}", "seed": seed},
+            "info": info,
             "images": images,
             "annotations": annotations,
             "categories": categories,
@@ -370,6 +606,7 @@ def _make_split(
     n_images: int,
     image_size: int,
     cat_id: dict[str, int],
+    variant: str = "default",
 ) -> tuple[list[dict], list[dict], list[dict], dict[str, int]]:
     """Draw and write one split's images. Returns its COCO image and annotation records, its
     cause records and the count of each cause."""
@@ -381,7 +618,7 @@ def _make_split(
     counts = {c: 0 for c in CAUSES}
     for i in range(n_images):
         image_id = i + 1
-        scene = _make_scene(rng, image_size, split)
+        scene = _make_scene(rng, image_size, split, variant)
         images.append(_write_image(img_dir, split, image_id, scene, image_size))
         for ann in scene.annotations:
             ann["id"] = len(annotations) + 1
@@ -406,6 +643,7 @@ def _make_split(
                     "cause_id": f"{split}/{image_id}/{k}",
                     "cause": c["cause"],
                     "region_bbox": c["region_bbox"],
+                    **({"variant": c["variant"]} if "variant" in c else {}),
                 }
             )
     return images, annotations, causes, counts
