@@ -21,6 +21,7 @@ BENCHES: dict[str, str] = {
     "realsize": "e2x_bench.realsize:bench_realsize",
     "similarity": "e2x_bench.similarity:bench_similarity",
     "reference": "e2x_bench.reference:bench_reference",
+    "targets": "e2x_bench.targets:bench_targets",
 }
 
 

@@ -83,6 +83,8 @@ def bench_mine(
 ) -> dict:
     """Mining cost against plain batched inference over the same images (target <= 1.1x), for
     the run's detector and for a real-size one (module docstring); the ratio of medians."""
+    import os
+
     from e2x_pipeline.data.benchmark import load_causes
     from e2x_pipeline.data.coco import load_image
     from e2x_pipeline.detectors import build_detector
@@ -90,6 +92,7 @@ def bench_mine(
 
     from .realsize import calibrate_norms
 
+    load_start = os.getloadavg()
     ensure_benchmark(cfg)
     ckpt = resolve_checkpoint(cfg, progress)
     det = detector_for(cfg, ckpt)
@@ -130,6 +133,7 @@ def bench_mine(
         "ratio_of_medians": rows[0]["ratio_of_medians"],
         "target_met": rows[0]["target_met"],
         "ratio_realsize": rows[1]["ratio_of_medians"],
+        "load_average_1_5_15": {"start": load_start, "end": os.getloadavg()},
     }
     lines = [
         f"Split `{split}`, low threshold {cfg.mining.low_threshold}; runs interleaved (plain, "

@@ -59,6 +59,8 @@ BENCH_HELP = {
     "reference": "E2X with each explain.reference (mean, zeros, blur) on the eval split's "
     "failures: failing features on each planted cause, pointing hit, counterfactual success, "
     "ARI and precision@10 of the failure modes; the first reference twice (determinism)",
+    "targets": "the performance targets (a)-(f), (h) in one table, collated from the explain, "
+    "mine, scale and realsize results in --out (runs nothing)",
     "scale": "explain-stage wall time on 1 against 2 Dask workers (LocalCluster, one thread "
     "each) in one run (target speedup >= 1.7x)",
     "similarity": "query time of the repair stage's NearestNeighbors against the FiftyOne Brain "
