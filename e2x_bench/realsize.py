@@ -305,7 +305,12 @@ def bench_realsize(
         )
         per_det = passes / n
         # a pass of a gradient method is a forward and a backward; of LIME a forward only
-        unit = t_fb if get_explainer(method, det, ecfg).needs_gradients else t_f
+        ex = get_explainer(method, det, ecfg, **opts)
+        unit = t_fb if ex.needs_gradients else t_f
+        # with shared forwards the T targets of an image pay one forward per sample between
+        # them: K (t_f / T + t_b) per detection, t_b = t_fb - t_f
+        shared = method == "e2x" and ex.options.share_forward and size.per_image > 1
+        shared_floor = per_det * (t_f / size.per_image + t_fb - t_f) if shared else None
         rows.append(
             {
                 "setting": label,
@@ -314,6 +319,10 @@ def bench_realsize(
                 "seconds_per_pass": round(seconds / passes, 4),
                 "floor_seconds": round(per_det * unit, 3),
                 "ratio_to_floor": round(seconds / n / (per_det * unit), 2),
+                "shared_floor_seconds": round(shared_floor, 3) if shared_floor else None,
+                "ratio_to_shared_floor": (
+                    round(seconds / n / shared_floor, 2) if shared_floor else None
+                ),
                 "invalid": invalid,
             }
         )
@@ -421,18 +430,21 @@ def _markdown(result: dict[str, Any]) -> str:
         f"(t_fb = {result['forward_backward_seconds_per_input']} s per forward + backward, "
         f"t_f = {result['forward_seconds_per_input']} s per forward alone); every method below "
         "runs at it. Floor = passes per detection x t_fb (x t_f for LIME, which needs no "
-        "gradient). The batch-norm statistics of the random init were set from 4 images "
+        "gradient); E2X's targets of one image share each forward, so its own floor is "
+        "K (t_f / T + t_fb - t_f) per detection for T targets per image. The batch-norm "
+        "statistics of the random init were set from 4 images "
         f"({result['calibrated_norm_layers']} layers), so scores and gradients depend on the "
         "input.",
         "",
         "| setting | s / detection | passes / detection | s / pass | floor s | ratio to floor "
-        "| invalid |",
-        "|---|---|---|---|---|---|---|",
+        "| shared-forward floor s | ratio to it | invalid |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["settings"]:
         lines.append(
             f"| {r['setting']} | {r['seconds_per_detection']} | {r['passes_per_detection']} | "
             f"{r['seconds_per_pass']} | {r['floor_seconds']} | {r['ratio_to_floor']} | "
+            f"{r.get('shared_floor_seconds') or '-'} | {r.get('ratio_to_shared_floor') or '-'} | "
             f"{r['invalid']} |"
         )
     lines += [
