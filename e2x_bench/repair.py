@@ -451,7 +451,7 @@ def _markdown(result: dict, summary: pd.DataFrame) -> str:
         )
     lines += ["", "Targets at the 5% budget:", ""]
     if not result["targets_at_5_percent"]:
-        lines.append("- (5% is not among the budgets)")
+        lines.append("- (needs the 5% budget and the e2x, random and similarity strategies)")
     for k, v in result["targets_at_5_percent"].items():
         met = {True: " (met)", False: " (MISSED)"}.get(v.get("met"), "")
         shown = ", ".join(

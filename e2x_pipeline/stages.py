@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 from .config import E2XConfig, resolve_device
-from .data.benchmark import GENERATOR_VERSION, SUMMARY_FILE, make_benchmark
+from .data.benchmark import GENERATOR_VERSION, HARD_VERSION, SUMMARY_FILE, make_benchmark
 from .data.coco import CocoDataset, load_coco
 from .data.inputs import check_split, split_causes
 from .detectors import configured_checkpoint, load_detector
@@ -52,6 +52,7 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
             have.get("version"),
             sizes,
             have.get("variant", "default"),
+            have.get("hard_version"),
         )
         if key == (
             want["seed"],
@@ -59,6 +60,7 @@ def ensure_benchmark(cfg: E2XConfig) -> Path:
             GENERATOR_VERSION,
             want["sizes"],
             want["variant"],
+            HARD_VERSION if b.variant == "hard" else None,
         ):
             return root
     make_benchmark(
