@@ -134,6 +134,23 @@ def test_dense_reproduces_every_detection(run: Run) -> None:
         torch.testing.assert_close(d.scores, torch.sqrt(d.probs * d.objectness[..., None]))
 
 
+def test_detect_with_dense_is_one_forward(run: Run) -> None:
+    """(b') ``detect_with_dense``: the same detections and dense view as ``detect`` and ``dense``,
+    from ONE pass through the backbone (mining gives uncovered misses their candidates from it)."""
+    calls = []
+    hook = run.det.model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        dets, dense = run.det.detect_with_dense(run.x, THRESHOLD)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and dense is not None
+    torch.testing.assert_close(dense.scores, run.dense.scores, **TOL)
+    torch.testing.assert_close(dense.boxes, run.dense.boxes, **TOL)
+    for got, ref in zip(dets, run.got, strict=True):
+        torch.testing.assert_close(got.scores, ref.scores, **TOL)
+        assert torch.equal(got.candidates, ref.candidates)
+
+
 def test_target_outputs_backpropagate_to_input(run: Run) -> None:
     """(c) The explainer's target is the detection's own score and has a gradient at the input.
 

@@ -216,6 +216,33 @@ class Detector(ABC):
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
         """Final detections per image, reproducing the family's own post-processing."""
 
+    @torch.no_grad()
+    def detect_with_dense(
+        self, images: Tensor, score_threshold: float
+    ) -> tuple[list[Detections], DenseOutput | None]:
+        """:meth:`detect` and the dense view of the same forward pass, so that a caller that needs
+        both (mining: the uncovered misses' candidates) runs the model once.
+
+        The default remembers what ``self.dense`` returns while ``detect`` runs (families whose
+        detect goes through it); None when it did not. Families whose detect computes the dense
+        view another way (Faster R-CNN) override this.
+        """
+        memo: dict[str, Any] = {}
+        orig = self.dense
+
+        def dense(x: Tensor) -> DenseOutput:
+            out = orig(x)
+            memo["shape"], memo["out"] = tuple(x.shape), out
+            return out
+
+        self.dense = dense  # type: ignore[method-assign]
+        try:
+            dets = self.detect(images, score_threshold)
+        finally:
+            del self.dense  # back to the class's method
+        same = memo.get("shape") == tuple(self._batch(images).shape)
+        return dets, memo.get("out") if same else None
+
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The backbone's feature maps ``[B, C_l, h_l, w_l]`` covering the images, finest first.
 

@@ -135,8 +135,25 @@ class FasterRCNNDetector(Detector):
         ``score_threshold``, drop boxes under 0.01 px, class-wise NMS, the first
         ``detections_per_img``. ``candidates`` index proposals of this input only (unstable).
         """
-        rh = self.model.roi_heads
+        return self._postprocess(*self._per_image(self._batch(images)), score_threshold)
+
+    @torch.no_grad()
+    def detect_with_dense(
+        self, images: Tensor, score_threshold: float
+    ) -> tuple[list[Detections], DenseOutput | None]:
+        """:meth:`detect` and :meth:`dense` from one forward pass."""
         probs, model_boxes, boxes = self._per_image(self._batch(images))
+        dets = self._postprocess(probs, model_boxes, boxes, score_threshold)
+        return dets, self._padded(probs, boxes)
+
+    def _postprocess(
+        self,
+        probs: list[Tensor],
+        model_boxes: list[Tensor],
+        boxes: list[Tensor],
+        score_threshold: float,
+    ) -> list[Detections]:
+        rh = self.model.roi_heads
         out = []
         for p, mb, ib in zip(probs, model_boxes, boxes):
             num_classes = p.shape[-1]

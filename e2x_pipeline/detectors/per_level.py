@@ -127,8 +127,18 @@ class PerLevelDetector(Detector):
     def detect(self, images: Tensor | list[Tensor], score_threshold: float) -> list[Detections]:
         """torchvision's per-level ``postprocess_detections`` (RetinaNet, FCOS), keeping each
         detection's candidate (anchor or location) index."""
-        m = self.model
+        return self._postprocess(self._levelled(self._batch(images)), score_threshold)
+
+    @torch.no_grad()
+    def detect_with_dense(
+        self, images: Tensor, score_threshold: float
+    ) -> tuple[list[Detections], DenseOutput | None]:
+        """:meth:`detect` and :meth:`dense` from one forward pass."""
         lv = self._levelled(self._batch(images))
+        return self._postprocess(lv, score_threshold), lv.dense
+
+    def _postprocess(self, lv: LevelledDense, score_threshold: float) -> list[Detections]:
+        m = self.model
         out = []
         for b in range(lv.dense.scores.shape[0]):
             cands, labels, scores = per_level_postprocess(

@@ -10,9 +10,8 @@ without images is an error; one without annotations is mined (every detection is
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 
 from ..config import MiningConfig
 from ..data.coco import CocoDataset, DatasetError
-from ..detectors.base import DenseOutput, Detections, Detector
+from ..detectors.base import Detections, Detector
 from ..generation import generation
 from ..inference import iter_image_batches
 from ..io_utils import write_json, write_table
@@ -140,25 +139,6 @@ def _images_to_mine(
 # the stage
 
 
-@contextlib.contextmanager
-def _keep_dense(detector: Detector) -> Iterator[dict[str, Any]]:
-    """Remember the dense view that ``detector.detect`` computes for a batch (families whose
-    detect goes through ``self.dense``), so uncovered misses need no second forward pass."""
-    memo: dict[str, Any] = {}
-    orig = detector.dense
-
-    def dense(images: torch.Tensor) -> DenseOutput:
-        out = orig(images)
-        memo["shape"], memo["out"] = tuple(images.shape), out
-        return out
-
-    detector.dense = dense  # type: ignore[method-assign]
-    try:
-        yield memo
-    finally:
-        del detector.dense  # back to the class's method
-
-
 def mine_batch(
     detector: Detector, ctx: MiningContext, ids: list[int], images: list[torch.Tensor]
 ) -> tuple[list[dict], list[dict], list[Detections], float]:
@@ -167,14 +147,13 @@ def mine_batch(
     each image's detections (on the CPU) and the seconds spent in ``detect``."""
     batch = torch.stack(images)
     t1 = time.perf_counter()
-    with _keep_dense(detector) as memo:
-        dets = [d.to("cpu") for d in detector.detect(batch, ctx.cfg.low_threshold)]
+    dets, kept_dense = detector.detect_with_dense(batch, ctx.cfg.low_threshold)
+    dets = [d.to("cpu") for d in dets]
     # a model with more classes than the dataset (COCO-pretrained weights on a person/car
     # dataset): detections of the other classes are outside the label space, not false positives
     labels = torch.as_tensor(sorted(ctx.label_cat), dtype=torch.long)
     dets = [d.subset(torch.isin(d.labels, labels)) for d in dets]
     seconds = time.perf_counter() - t1
-    kept_dense = memo.get("out") if memo.get("shape") == tuple(batch.shape) else None
     rows: list[dict[str, Any]] = []
     preds: list[dict[str, Any]] = []
     pending: list[tuple[int, np.ndarray, int]] = []
