@@ -10,7 +10,13 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 from skimage.segmentation import slic
-from synthetic_detector import LinearSuperpixelDetector, SmoothConvDetector
+from synthetic_detector import (
+    BOXES,
+    LABELS,
+    LinearSuperpixelDetector,
+    SmoothConvDetector,
+    make_image,
+)
 
 from e2x_pipeline.config import ExplainConfig
 from e2x_pipeline.detectors.base import Target
@@ -24,22 +30,6 @@ from e2x_pipeline.explain import (
     superpixel_aggregate,
 )
 from e2x_pipeline.explain.ig import quadrature
-
-SIZE = 48
-BOXES = torch.tensor(
-    [[4, 4, 20, 20], [10, 6, 34, 30], [24, 24, 44, 44], [2, 28, 18, 46], [8, 8, 40, 40]],
-    dtype=torch.float32,
-)
-LABELS = [1, 2, 0, 1, 2]
-
-
-def make_image(size: int = SIZE, seed: int = 0) -> torch.Tensor:
-    """Smooth random colour blobs in [0.2, 0.9] plus fine texture (SLIC has edges to follow)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, 6, 6, generator=g)
-    img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")[0]
-    img = 0.2 + 0.6 * img + 0.1 * torch.rand(3, size, size, generator=g)
-    return img.clamp(0, 1)
 
 
 def targets() -> list[Target]:

@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic_detector import LinearSuperpixelDetector, SmoothConvDetector
+from synthetic_detector import (
+    BOXES,
+    LABELS,
+    SIZE,
+    LinearSuperpixelDetector,
+    SmoothConvDetector,
+    make_image,
+)
 
 from e2x_bench.explain.msdrise import available, explain_msdrise
 from e2x_pipeline.config import ExplainConfig
@@ -19,22 +26,6 @@ from e2x_pipeline.explain import get_explainer, slic_segments
 
 # msdrise imports the package lazily, so only its functions need it
 pytest.importorskip("vision_explanation_methods.explanations.drise")
-
-SIZE = 48
-BOXES = torch.tensor(
-    [[4, 4, 20, 20], [10, 6, 34, 30], [24, 24, 44, 44], [2, 28, 18, 46], [8, 8, 40, 40]],
-    dtype=torch.float32,
-)
-LABELS = [1, 2, 0, 1, 2]
-
-
-def make_image(size: int = SIZE, seed: int = 0) -> torch.Tensor:
-    """As tests/test_explain.py: smooth random colour blobs plus fine texture."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, 6, 6, generator=g)
-    img = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")[0]
-    img = 0.2 + 0.6 * img + 0.1 * torch.rand(3, size, size, generator=g)
-    return img.clamp(0, 1)
 
 
 def rho(a: np.ndarray, b: np.ndarray) -> float:
