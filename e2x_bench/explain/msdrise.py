@@ -116,8 +116,9 @@ def _dense_rows(detector: Detector, x: Tensor, labels: list[int]) -> list[Rows]:
 
 def _detection_rows(detector: Detector, x: Tensor, score_threshold: float) -> list[Rows]:
     """Per image of ``x``: its final detections, with their candidates' dense class vectors."""
-    dets = detector.detect(x, score_threshold)
-    d = detector.dense(x)
+    dets, d = detector.detect_with_dense(x, score_threshold)
+    if d is None:  # a family whose detect does not compute the dense view
+        d = detector.dense(x)
     out = []
     for b, det in enumerate(dets):
         cand = det.candidates.to(d.probs.device)

@@ -240,7 +240,7 @@ class Detector(ABC):
             dets = self.detect(images, score_threshold)
         finally:
             del self.dense  # back to the class's method
-        same = memo.get("shape") == tuple(self._batch(images).shape)
+        same = memo.get("shape") == tuple(images.shape)
         return dets, memo.get("out") if same else None
 
     def feature_maps(self, images: Tensor) -> list[Tensor]:

@@ -130,15 +130,16 @@ def path_gradients(
     backpropagated T times (``retain_graph``): K forwards and T x K backwards instead of T x K of
     each. The values are the same as without sharing.
     """
-    if share_forward and len(targets) > 1:
-        return _shared_path_gradients(
-            detector, targets, output, make_inputs, step_weights, batch_size
-        )
     n_targets, k = len(targets), int(step_weights.numel())
     device = step_weights.device
     total = n_targets * k
-    grad: Tensor | None = None
     bad = torch.zeros(n_targets, dtype=torch.long, device=device)
+    if share_forward and n_targets > 1:
+        grad = _shared_path_gradients(
+            detector, targets, output, make_inputs, step_weights, batch_size, bad
+        )
+        return grad, bad, total
+    grad: Tensor | None = None
     for i0 in range(0, total, batch_size):
         i1 = min(total, i0 + batch_size)
         idx = torch.arange(i0, i1, device=device)
@@ -174,12 +175,13 @@ def _shared_path_gradients(
     make_inputs: Callable[[Tensor], Tensor],
     step_weights: Tensor,
     batch_size: int,
-) -> tuple[Tensor, Tensor, int]:
-    """:func:`path_gradients` with one forward per chunk of samples for all targets."""
+    bad: Tensor,
+) -> Tensor:
+    """G of :func:`path_gradients` with one forward per chunk of samples for all targets;
+    non-finite sample counts are added to ``bad``."""
     n_targets, k = len(targets), int(step_weights.numel())
     device = step_weights.device
     grad: Tensor | None = None
-    bad = torch.zeros(n_targets, dtype=torch.long, device=device)
     for k0 in range(0, k, batch_size):
         k_idx = torch.arange(k0, min(k, k0 + batch_size), device=device)
         u = make_inputs(k_idx).detach().requires_grad_(True)
@@ -187,12 +189,12 @@ def _shared_path_gradients(
         step = step_weights[k_idx].view(-1, 1, 1, 1)
         for t in range(n_targets):
             g, finite = _input_gradient(out[:, t], u, retain=t < n_targets - 1)
-            bad[t] += int((~finite).sum())
+            bad[t] += (~finite).sum()  # stays on the device: no sync per target
             if grad is None:
                 grad = torch.zeros((n_targets, *g.shape[1:]), dtype=g.dtype, device=device)
             grad[t] += (g * step).sum(0)
     assert grad is not None
-    return grad, bad, n_targets * k
+    return grad
 
 
 class NoOptions(BaseModel):
