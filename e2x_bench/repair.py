@@ -34,9 +34,10 @@ from e2x_pipeline.detectors.base import Detector
 from e2x_pipeline.layout import SplitLayout
 from e2x_pipeline.mining.candidates import BOX_COLS, GT_COLS
 
-from .selection import STRATEGIES, SelectionInputs
+from .selection import STRATEGIES, UPPER_BOUNDS, SelectionInputs
 
 FN_CAUSES = ("occluder", "camouflage")
+CAUSES = (*FN_CAUSES, "distractor")
 
 
 def _prepare(cfg: E2XConfig, progress: bool) -> tuple[Detector, Path, SplitLayout]:
@@ -120,7 +121,18 @@ def _selection_inputs(
         cfg.repair.allocation,
         failure_boxes,
         [str(train.image_path(i)) for i in train.image_ids],
+        _pool_causes(cfg, pool),
     )
+
+
+def _pool_causes(cfg: E2XConfig, pool: Any) -> dict[str, set[str]]:
+    """Pool file name -> the planted causes on it (empty off the benchmark)."""
+    from e2x_pipeline.data.benchmark import load_causes
+
+    out: dict[str, set[str]] = {}
+    for c in load_causes(cfg.data.root, cfg.repair.pool_split):
+        out.setdefault(pool.images[int(c["image_id"])]["file_name"], set()).add(c["cause"])
+    return out
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -129,6 +141,9 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
     per_cause = {f"recall_{c}": (f"recall_{c}", "mean") for c in FN_CAUSES}
     for c in FN_CAUSES:
         table[f"recall_{c}"] = [r.get(c, np.nan) for r in table["recall_by_cause"]]
+    picked = {f"selected_{c}": (f"selected_{c}", "mean") for c in CAUSES}
+    for c in CAUSES:
+        table[f"selected_{c}"] = [r.get(c, 0) for r in table["selected_by_cause"]]
     return (
         table.groupby(["budget_share", "strategy"])
         .agg(
@@ -143,6 +158,7 @@ def _summary(table: pd.DataFrame) -> pd.DataFrame:
             distractor_fp_rate=("distractor_fp_rate", "mean"),
             map50=("map50", "mean"),
             selected_with_cause=("selected_with_cause", "mean"),
+            **picked,
         )
         .reset_index()
     )
@@ -239,7 +255,7 @@ def labels_to_fix_targets(ltf: dict) -> dict:
             if other in ltf:
                 key = f"labels-to-fix {cause}: {other} / e2x (>= {need:g})"
                 targets[key] = _ltf_ratio(ltf, other, cause, need)
-    others = [s for s in ltf if not s.startswith("e2x")]
+    others = [s for s in ltf if not s.startswith("e2x") and s not in UPPER_BOUNDS]
     mine = ltf["e2x"]["distractor"]
     best = [ltf[s]["distractor"] for s in others if ltf[s]["distractor"] is not None]
     targets["labels-to-fix distractor: e2x <= every baseline"] = {
@@ -261,7 +277,7 @@ class _Bench:
     train: Any  # CocoDataset of the train split
     evaluate: Callable[[Detector], dict]
     before: dict  # evaluate(det)
-    carriers: set[int]  # pool images with a planted cause
+    carriers: dict[int, set[str]]  # pool image -> the planted causes it carries
 
 
 def _bench(cfg: E2XConfig, det: Detector) -> _Bench:
@@ -274,7 +290,9 @@ def _bench(cfg: E2XConfig, det: Detector) -> _Bench:
         raise FileNotFoundError("bench repair needs the pool's labels (repair.pool_labels)")
     train = stages.open_split(cfg, "train")
     evaluate = _evaluator(cfg)
-    carriers = {int(c["image_id"]) for c in load_causes(cfg.data.root, cfg.repair.pool_split)}
+    carriers: dict[int, set[str]] = {}
+    for c in load_causes(cfg.data.root, cfg.repair.pool_split):
+        carriers.setdefault(int(c["image_id"]), set()).add(c["cause"])
     return _Bench(cfg, det, pool, labels, train, evaluate, evaluate(det), carriers)
 
 
@@ -291,6 +309,9 @@ def _run(b: _Bench, files: list[str], seed: int) -> dict:
     return {
         "selected": len(files),
         "selected_with_cause": sum(name_to_id[f] in b.carriers for f in files),
+        "selected_by_cause": {
+            c: sum(c in b.carriers.get(name_to_id[f], ()) for f in files) for c in CAUSES
+        },
         "retrain_seconds": round(time.perf_counter() - t0, 1),
         **_outcome(b.evaluate(after), b.before),
     }
@@ -410,7 +431,8 @@ def _plot(summary: pd.DataFrame, before: dict, path: Path) -> None:
             continue
         cv = _curves(summary, base, strategy)
         for ax, (key, _, _) in zip(axes, panels, strict=True):
-            ax.plot(cv["budget"], cv[key], marker="o", label=strategy)
+            style = {"color": "black", "ls": ":"} if strategy in UPPER_BOUNDS else {}
+            ax.plot(cv["budget"], cv[key], marker="o", label=strategy, **style)
     for ax, (key, label, target) in zip(axes, panels, strict=True):
         ax.axhline(target, color="grey", ls="--", label="fixed")
         ax.set(xlabel="pool images labelled", ylabel=f"{label} (test)", title=key)
@@ -438,16 +460,20 @@ def _markdown(result: dict, summary: pd.DataFrame) -> str:
         f"Before: mAP@0.5 {b['map50']:.3f}, recall on planted-cause objects "
         f"{b['planted_recall']:.3f}, distractor FP rate {b['distractor_fp_rate']:.3f}.",
         "",
-        "| budget | strategy | selected with a cause | FNs recovered (mean ± sd) | "
-        "planted recall | distractor FPs removed | mAP@0.5 |",
-        "|---|---|---|---|---|---|---|",
+        "| budget | strategy | selected with a cause | of them " + " / ".join(CAUSES) + " | "
+        "FNs recovered (mean ± sd) | planted recall | recall " + " / ".join(FN_CAUSES) + " | "
+        "distractor FPs removed | mAP@0.5 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary.itertuples():
         sd = 0.0 if np.isnan(s.fn_recovered_std) else s.fn_recovered_std
         lines.append(
             f"| {s.budget} ({s.budget_share:.0%}) | {s.strategy} | {s.selected_with_cause:.1f} | "
-            f"{s.fn_recovered:.1f} ± {sd:.1f}"
-            f" | {s.planted_recall:.3f} | {s.distractor_fps_removed:.1f} | {s.map50:.3f} |"
+            + " / ".join(f"{getattr(s, f'selected_{c}'):.1f}" for c in CAUSES)
+            + f" | {s.fn_recovered:.1f} ± {sd:.1f}"
+            + f" | {s.planted_recall:.3f} | "
+            + " / ".join(f"{getattr(s, f'recall_{c}'):.3f}" for c in FN_CAUSES)
+            + f" | {s.distractor_fps_removed:.1f} | {s.map50:.3f} |"
         )
     lines += ["", "Targets at the 5% budget:", ""]
     if not result["targets_at_5_percent"]:

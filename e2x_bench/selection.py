@@ -27,6 +27,11 @@ Each returns the file names of ``budget`` pool images, best first:
 * :func:`select_e2x` -- the repair stage's mode-aware selection at another budget, with the
   config's ``repair.allocation`` (``e2x``) and with the diminishing-returns allocation
   (``e2x_diminishing``, :func:`e2x_pipeline.repair.allocate`).
+* :func:`select_oracle` -- NOT a strategy anyone could use: it reads the benchmark's planted
+  causes of the pool (``causes.json``) and takes only images that carry one, one cause after the
+  other in turn (seeded order within a cause). It is the upper bound of any selection, and it
+  validates a benchmark: a cause whose oracle curve stays flat cannot be fixed by selection at
+  these budgets, whatever the strategy.
 
 :data:`STRATEGIES` is their registry: name -> ``strategy(inputs, budget, seed)``, each taking a
 :class:`SelectionInputs` (what any strategy may use; the model-based rankings are computed once,
@@ -189,6 +194,28 @@ def select_e2x(
     return _names(pool, chosen["image_id"].tolist())
 
 
+def select_oracle(
+    pool_causes: dict[str, set[str]], causes: Sequence[str], budget: int, seed: int
+) -> list[str]:
+    """Round robin over ``causes``: each turn takes the next not yet taken carrier of the cause
+    (carriers in a seeded random order); stops early when no carrier is left (module doc)."""
+    rng = np.random.default_rng(seed)
+    queues = []
+    for cause in causes:
+        carriers = sorted(f for f, ks in pool_causes.items() if cause in ks)
+        queues.append([carriers[k] for k in rng.permutation(len(carriers))])
+    taken: list[str] = []
+    seen: set[str] = set()
+    while len(taken) < budget and any(queues):
+        for q in queues:
+            while q and q[0] in seen:
+                q.pop(0)
+            if q and len(taken) < budget:
+                seen.add(q[0])
+                taken.append(q.pop(0))
+    return taken
+
+
 @dataclass
 class SelectionInputs:
     """What a selection strategy may use: the detector, the pool, the images that hold an
@@ -203,6 +230,9 @@ class SelectionInputs:
     # (image path, xyxy box) per explained failure: the GT box of an FN, the box of an FP
     failure_boxes: list[tuple[str, list[float]]] = field(default_factory=list)
     labelled_images: list[str] = field(default_factory=list)  # the training images
+    # pool file name -> the planted causes it carries (the benchmark's causes.json); only the
+    # oracle reads it
+    pool_causes: dict[str, set[str]] = field(default_factory=dict)
 
     @cached_property
     def uncertainty_order(self) -> list[str]:
@@ -267,6 +297,13 @@ def _core_set(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
     return inputs.core_set_order[:budget]
 
 
+def _oracle(inputs: SelectionInputs, budget: int, seed: int) -> list[str]:
+    if not inputs.pool_causes:
+        raise ValueError("the oracle needs the planted causes of the pool (the benchmark only)")
+    causes = sorted({k for ks in inputs.pool_causes.values() for k in ks})
+    return select_oracle(inputs.pool_causes, causes, budget, seed)
+
+
 # name -> strategy; the order is the order of the benchmark's tables and plots
 STRATEGIES: dict[str, Strategy] = {
     "e2x": _e2x,
@@ -276,7 +313,11 @@ STRATEGIES: dict[str, Strategy] = {
     "similarity": _similarity,
     "patch_similarity": _patch_similarity,
     "core_set": _core_set,
+    "oracle": _oracle,
 }
+
+UPPER_BOUNDS = frozenset({"oracle"})
+"""Strategies that read the answer: reported, never a baseline E2X is compared against."""
 
 
 def get_strategy(name: str) -> Strategy:

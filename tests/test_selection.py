@@ -18,6 +18,7 @@ from e2x_bench.selection import (
     STRATEGIES,
     k_center_greedy,
     select_core_set,
+    select_oracle,
     select_similar_patches,
 )
 from e2x_pipeline.data.coco import load_coco, load_image
@@ -116,9 +117,35 @@ def test_labels_to_fix_and_its_targets_on_known_curves():
     assert t["labels-to-fix distractor: e2x <= every baseline"]["met"]
 
 
+def test_oracle_takes_only_carriers_in_turn_and_is_never_a_baseline():
+    pool_causes = {
+        "a.png": {"occluder"},
+        "b.png": {"occluder", "camouflage"},
+        "c.png": {"camouflage"},
+        "d.png": {"distractor"},
+        "e.png": {"occluder"},
+    }
+    causes = ["occluder", "camouflage", "distractor"]
+    picks = select_oracle(pool_causes, causes, 4, seed=0)
+    assert len(picks) == len(set(picks)) == 4 and set(picks) <= set(pool_causes)
+    # one carrier of each cause in the first round: all three causes are covered by 3 picks
+    first = [pool_causes[f] for f in picks[:3]]
+    assert all(any(c in ks for ks in first) for c in causes)
+    assert set(select_oracle(pool_causes, causes, 99, seed=1)) == set(pool_causes)  # all, once
+    assert select_oracle(pool_causes, causes, 4, 0) == select_oracle(pool_causes, causes, 4, 0)
+    # the oracle reads the answer: a distractor target compares E2X only with real baselines
+    ltf = {
+        "e2x": {"occluder": None, "camouflage": None, "distractor": 30.0, "budget_max": 60},
+        "random": {"occluder": None, "camouflage": None, "distractor": 50.0, "budget_max": 60},
+        "oracle": {"occluder": 5.0, "camouflage": 5.0, "distractor": 5.0, "budget_max": 60},
+    }
+    t = labels_to_fix_targets(ltf)["labels-to-fix distractor: e2x <= every baseline"]
+    assert t["met"] and t["best baseline"] == 50.0
+
+
 def test_strategies_registered():
     assert {"e2x", "e2x_diminishing", "random", "least_confidence", "similarity"} <= set(STRATEGIES)
-    assert {"patch_similarity", "core_set"} <= set(STRATEGIES)
+    assert {"patch_similarity", "core_set", "oracle"} <= set(STRATEGIES)
 
 
 def test_box_embedding_is_the_region_embedding_of_the_box(benchmark_detector, benchmark_default):
