@@ -2,7 +2,8 @@
 
 For each budget (a share of the pool) and each strategy -- E2X's repair set (with the configured
 and with the diminishing-returns allocation), random, least confidence, whole-image similarity,
-patch similarity and the k-center core-set (:mod:`selection`) -- the detector is fine-tuned
+patch similarity, the k-center core-set and, on the benchmark only, the oracle upper bound
+(:mod:`selection`) -- the detector is fine-tuned
 with the same recipe (``retrain.*``) on train plus the selected pool images, labels revealed,
 once per seed, and evaluated on ``retrain.eval_split``:
 
@@ -97,7 +98,12 @@ def _evaluator(cfg: E2XConfig) -> Callable[[Detector], dict]:
 
 
 def _selection_inputs(
-    cfg: E2XConfig, det: Detector, pool: Any, train: Any, layout: SplitLayout
+    cfg: E2XConfig,
+    det: Detector,
+    pool: Any,
+    train: Any,
+    layout: SplitLayout,
+    carriers: dict[int, set[str]],
 ) -> SelectionInputs:
     """The strategies' inputs: the repair stage's tables and the explained failures' images."""
     cands = pd.read_parquet(layout.candidates)
@@ -121,18 +127,8 @@ def _selection_inputs(
         cfg.repair.allocation,
         failure_boxes,
         [str(train.image_path(i)) for i in train.image_ids],
-        _pool_causes(cfg, pool),
+        {pool.images[i]["file_name"]: causes for i, causes in carriers.items()},
     )
-
-
-def _pool_causes(cfg: E2XConfig, pool: Any) -> dict[str, set[str]]:
-    """Pool file name -> the planted causes on it (empty off the benchmark)."""
-    from e2x_pipeline.data.benchmark import load_causes
-
-    out: dict[str, set[str]] = {}
-    for c in load_causes(cfg.data.root, cfg.repair.pool_split):
-        out.setdefault(pool.images[int(c["image_id"])]["file_name"], set()).add(c["cause"])
-    return out
 
 
 def _summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -344,7 +340,9 @@ def bench_repair(
     t_start = time.perf_counter()
     det, _, layout = _prepare(cfg, progress)
     b = _bench(cfg, det)
-    inputs = _selection_inputs(cfg, det, b.pool, b.train, layout)
+    if strategies is None and not b.carriers:  # off the benchmark there is no answer to read
+        chosen = [s for s in chosen if s not in UPPER_BOUNDS]
+    inputs = _selection_inputs(cfg, det, b.pool, b.train, layout, b.carriers)
     t_sel = time.perf_counter()
     inputs.rank()
     selection_seconds = time.perf_counter() - t_sel
